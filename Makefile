@@ -1,0 +1,45 @@
+# airflow-hitl: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+LSVENV := .venv-labelstudio
+LS_VERSION := 1.23.2
+STAMP := $(VENV)/.hitl-setup-stamp
+LSSTAMP := $(LSVENV)/.hitl-setup-stamp
+export HITL_HOME ?= $(CURDIR)/.hitl
+
+.PHONY: setup demo test test-unit test-integration lint stop base-checkpoint clean
+
+setup: $(STAMP) $(LSSTAMP)
+
+# Reinstalls only when pyproject.toml changed; otherwise setup takes well under a second.
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing airflow-hitl into $(VENV) (first time: a few minutes)"
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	@touch $@
+
+# Label Studio lives in its own venv: its SDK pins numpy, PyJWT and OpenCV versions that break ours.
+$(LSSTAMP):
+	@test -x $(LSVENV)/bin/python || $(PYTHON) -m venv $(LSVENV)
+	@echo "[setup] installing Label Studio $(LS_VERSION) into $(LSVENV)"
+	$(LSVENV)/bin/pip install --quiet "label-studio==$(LS_VERSION)"
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/python scripts/demo.py
+
+test: setup
+	bash scripts/run_tests.sh
+
+lint: setup
+	$(VENV)/bin/ruff check hitl_plugin operators sensors dags tests
+
+stop:
+	-$(VENV)/bin/hitl stack stop
+
+base-checkpoint: setup
+	$(VENV)/bin/hitl base-checkpoint --out hitl_plugin/assets/base_yolov8n.pt
+
+clean:
+	rm -rf $(VENV) $(LSVENV) .hitl

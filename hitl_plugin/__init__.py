@@ -1,0 +1,1 @@
+"""airflow-hitl: human-in-the-loop object-detection training for Apache Airflow."""

@@ -1,0 +1,279 @@
+"""Pipeline configuration: one YAML file per pipeline, validated by pydantic.
+
+Every field has a default that works on a 2-core CPU, so a config only needs to
+say what differs. Load a file with :func:`load_config`; a bad file raises
+:class:`ConfigError`, whose message names the file, the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A pipeline config could not be read or did not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Section):
+    """Where datasets, images, checkpoints and round folders live."""
+
+    root: str | None = Field(
+        default=None,
+        description="Storage root. Empty: the Airflow Variable `hitl_storage_root`, then the "
+        "HITL_HOME environment variable, then `./.hitl`.",
+    )
+
+
+class DatasetConfig(_Section):
+    """The dataset this pipeline trains on and improves."""
+
+    name: str = Field(
+        default="shapes",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Dataset name; also the folder under `datasets/` and `images/`.",
+    )
+    source_dir: str | None = Field(
+        default=None,
+        description="Folder with `images/` and `annotations/{train,val,pool}.json` to import as "
+        "version v0001 when the dataset does not exist yet (the layout `hitl synth` writes). "
+        "Relative paths are resolved against the config file's folder.",
+    )
+
+
+class ModelConfig(_Section):
+    """Which detector to train and where it starts from."""
+
+    architecture: str = Field(
+        default="yolov8n.yaml",
+        description="Ultralytics model YAML (a built-in name such as `yolov8n.yaml`, or a path). "
+        "Never a `.pt` name: those are downloaded by Ultralytics.",
+    )
+    base_checkpoint: str | None = Field(
+        default="builtin",
+        description="Warm start: `builtin` (the small checkpoint shipped with the package), a path "
+        "to a local `.pt`, or null to train from scratch. The last promoted checkpoint of the "
+        "pipeline, when there is one, takes precedence.",
+    )
+
+
+class TrainingConfig(_Section):
+    """Training hyperparameters (also settable per run from the trigger form)."""
+
+    epochs: int = Field(default=10, ge=1, le=1000, description="Epochs per round.")
+    imgsz: int = Field(default=160, ge=32, le=1280, description="Training image size in pixels.")
+    batch: int = Field(default=16, ge=1, le=512, description="Batch size.")
+    device: str = Field(
+        default="auto", description="`auto` (GPU when present, else CPU), `cpu`, or a CUDA index."
+    )
+    threads: int = Field(default=2, ge=1, le=256, description="Torch CPU threads.")
+    seed: int = Field(default=0, description="Training seed.")
+    plots: bool = Field(default=False, description="Let Ultralytics draw its own training plots.")
+
+
+class GateConfig(_Section):
+    """When a newly trained checkpoint replaces the promoted one."""
+
+    metric: Literal["map50_95", "map50"] = Field(
+        default="map50_95", description="Metric compared on the clean held-out set."
+    )
+    margin: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Promote only if new > current + margin."
+    )
+    require_approval: bool = Field(
+        default=False,
+        description="A person approves the checkpoint in Airflow (ApprovalOperator) first.",
+    )
+
+
+class SelectionConfig(_Section):
+    """Which samples people should see."""
+
+    strategy: Literal["hybrid", "label_error", "uncertainty", "random"] = Field(
+        default="hybrid",
+        description="`label_error` ranks labeled images by suspected label errors, `uncertainty` "
+        "ranks pool images by model uncertainty, `hybrid` fills the budget from both.",
+    )
+    budget: int | None = Field(
+        default=None, ge=0, description="Number of images per round (wins over budget_fraction)."
+    )
+    budget_fraction: float = Field(
+        default=0.1, gt=0.0, le=1.0, description="Budget as a fraction of train+pool images."
+    )
+    pool_share: float = Field(
+        default=0.3, ge=0.0, le=1.0, description="Hybrid only: share of the budget for pool images."
+    )
+    audit_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Share of the budget drawn at random, to audit what the scores miss.",
+    )
+    per_class_quota: dict[str, int] = Field(
+        default_factory=dict,
+        description="Minimum number of selected images containing each named class.",
+    )
+    uncertainty: Literal["least_confidence", "margin", "entropy"] = Field(
+        default="entropy", description="Uncertainty measure for pool images."
+    )
+    conf: float = Field(
+        default=0.25, gt=0.0, lt=1.0, description="Confidence above which a prediction counts."
+    )
+    match_iou: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="IoU for a prediction to match a label."
+    )
+    bad_box_iou: float = Field(
+        default=0.75, gt=0.0, le=1.0, description="A matched box below this IoU is a bad box."
+    )
+    seed: int = Field(default=0, description="Seed of the audit draw and tie-breaking.")
+
+
+class LabelingConfig(_Section):
+    """The labeling service and how long to wait for people."""
+
+    service: Literal["label_studio"] = Field(
+        default="label_studio", description="Labeling service."
+    )
+    conn_id: str = Field(
+        default="label_studio_default", description="Airflow Connection of the service."
+    )
+    project_title: str | None = Field(
+        default=None, description="Project title; default `hitl-<dag id>`."
+    )
+    batch_size: int = Field(
+        default=50, ge=1, le=5000, description="Samples per submit task (fan-out unit)."
+    )
+    completion: Literal["all", "fraction"] = Field(
+        default="all", description="Wait for all tasks, or for `min_fraction` by the deadline."
+    )
+    min_fraction: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="With `fraction`: share of tasks required."
+    )
+    timeout_hours: float = Field(
+        default=72.0, gt=0.0, description="Absolute deadline after the wait starts."
+    )
+    on_timeout: Literal["continue", "fail"] = Field(
+        default="fail",
+        description="At the deadline below the required share: go on with what is done, or fail.",
+    )
+    poke_interval: float = Field(default=30.0, gt=0.0, description="Seconds between polls.")
+
+
+class MergeConfig(_Section):
+    """How corrections enter the next dataset version."""
+
+    human_weight: float = Field(
+        default=3.0, ge=1.0, le=100.0, description="Sampling weight of a human-verified image."
+    )
+    decay: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Per later round, the extra weight (weight - 1) is multiplied by this, so "
+        "older corrections fade towards 1.0 and the newest do not dominate forever.",
+    )
+
+
+class ScheduleConfig(_Section):
+    """When the DAG runs."""
+
+    cron: str | None = Field(default="0 2 * * *", description="Cron schedule; null for none.")
+    on_new_version: bool = Field(
+        default=False, description="Also run when a new dataset version is published (Asset)."
+    )
+
+
+class PipelineConfig(_Section):
+    """One human-in-the-loop training pipeline (one DAG)."""
+
+    dag_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,200}$", description="Airflow DAG id.")
+    description: str = Field(default="", description="Shown in the Airflow UI.")
+    storage: StorageConfig = StorageConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    gate: GateConfig = GateConfig()
+    selection: SelectionConfig = SelectionConfig()
+    labeling: LabelingConfig = LabelingConfig()
+    merge: MergeConfig = MergeConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    config_path: str | None = Field(
+        default=None, exclude=True, description="Set by the loader: the file read."
+    )
+
+    @model_validator(mode="after")
+    def _fraction_policy(self) -> PipelineConfig:
+        if self.labeling.completion == "all" and self.labeling.min_fraction != 1.0:
+            raise ValueError("labeling.min_fraction needs labeling.completion: fraction")
+        return self
+
+    def resolve(self, relative: str | None) -> Path | None:
+        """Resolve a path from the config against the config file's folder."""
+        if relative is None:
+            return None
+        path = Path(os.path.expandvars(os.path.expanduser(relative)))
+        if not path.is_absolute() and self.config_path:
+            path = Path(self.config_path).parent / path
+        return path
+
+
+def _format_errors(path: str, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} invalid field(s)"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) or err["type"] == "missing" else f" (got {given!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> PipelineConfig:
+    """Validate a config already read into Python objects."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return PipelineConfig.model_validate({**data, "config_path": source})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Read and validate a pipeline YAML file.
+
+    :param path: the YAML file.
+    :raises ConfigError: naming the file, the field path and the reason.
+    """
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+    return parse_config(data, source=path)
+
+
+def storage_root(config: PipelineConfig | None = None) -> Path:
+    """Return the storage root: config, then the HITL_HOME environment variable, then ./.hitl.
+
+    The Airflow Variable `hitl_storage_root` is read by the DAG factory, not here, so that
+    the core library does not import Airflow.
+    """
+    if config is not None and config.storage.root:
+        return config.resolve(config.storage.root)  # type: ignore[return-value]
+    return Path(os.environ.get("HITL_HOME") or ".hitl").absolute()

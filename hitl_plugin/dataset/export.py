@@ -1,0 +1,104 @@
+"""Export a dataset version to the layout Ultralytics trains on.
+
+Images stay where they are stored once (``images/<name>/...``). The export folder holds
+``images/<image id>.<ext>`` symlinks to them (Ultralytics finds a label file by replacing
+``/images/`` with ``/labels/`` in the image path, so each version needs its own parallel
+tree), ``labels/<image id>.txt`` in YOLO format, ``train.txt``/``val.txt`` image lists and
+``data.yaml``. Naming files by COCO image id lets Ultralytics' ``predictions.json`` (which
+uses the file stem as ``image_id``) be evaluated against our COCO files directly.
+
+The box conversion is the one in ``ultralytics.data.converter.convert_coco`` (top-left
+``xywh`` in pixels to normalized centre ``xywh``, clipped to the image); that function itself
+insists on its own folder layout and file names, so the few lines are repeated here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from hitl_plugin.dataset.coco import annotations_by_image, class_names
+from hitl_plugin.paths import Layout
+from hitl_plugin.schemas import write_json_atomic
+
+DONE = ".complete.json"
+
+
+def yolo_line(bbox: list[float], width: float, height: float, cls: int) -> str | None:
+    """One YOLO label line for a COCO box, or None when nothing is left after clipping."""
+    x, y, w, h = bbox
+    x0, y0 = max(0.0, x), max(0.0, y)
+    x1, y1 = min(float(width), x + w), min(float(height), y + h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+    return f"{cls} {cx:.6f} {cy:.6f} {(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}"
+
+
+def _write_split(
+    layout: Layout, coco: dict, out: Path, list_name: str, class_index: dict[int, int]
+) -> list[dict]:
+    images_dir, labels_dir = out / "images", out / "labels"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    grouped = annotations_by_image(coco)
+    rows, listed = [], []
+    for img in coco["images"]:
+        src = layout.image_path(img["file_name"])
+        ext = src.suffix.lower() or ".png"
+        link = images_dir / f"{img['id']}{ext}"
+        if not link.is_symlink():
+            os.symlink(src, link)
+        lines = [
+            line
+            for ann in grouped.get(img["id"], [])
+            if (line := yolo_line(ann["bbox"], img["width"], img["height"],
+                                  class_index[ann["category_id"]]))
+        ]
+        (labels_dir / f"{img['id']}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        listed.append(str(link))
+        rows.append({"id": img["id"], "path": str(link), "weight": float(img.get("weight", 1.0))})
+    (out / list_name).write_text("\n".join(listed) + "\n")
+    return rows
+
+
+def export_yolo(
+    root: str | os.PathLike[str],
+    name: str,
+    version: str,
+    coco: dict,
+    val: dict,
+    *,
+    out: Path | None = None,
+) -> Path:
+    """Write (or reuse) the YOLO layout of a version; return the path of its ``data.yaml``.
+
+    Only images of the ``train`` split are exported for training; pool images have no
+    labels yet. ``weights.json`` beside ``data.yaml`` lists each training image's path and
+    sampling weight, in the order of ``train.txt``.
+    """
+    layout = Layout.at(root)
+    out = out or layout.export_dir(name, version)
+    data_yaml = out / "data.yaml"
+    if (out / DONE).is_file() and data_yaml.is_file():
+        return data_yaml
+    names = class_names(coco)
+    class_index = {
+        c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))
+    }
+    train = {**coco, "images": [i for i in coco["images"] if i.get("hitl_split", "train") == "train"]}
+    rows = _write_split(layout, train, out / "train", "train.txt", class_index)
+    _write_split(layout, val, out / "val", "val.txt", class_index)
+    write_json_atomic(out / "weights.json", rows, indent=None)
+    data = {
+        "path": str(out),
+        "train": str(out / "train" / "train.txt"),
+        "val": str(out / "val" / "val.txt"),
+        "names": dict(enumerate(names)),
+    }
+    data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+    (out / DONE).write_text(json.dumps({"dataset": name, "version": version}))
+    return data_yaml
