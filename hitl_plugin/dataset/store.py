@@ -287,6 +287,8 @@ class DatasetStore:
                     **(extra or {}),
                 }
                 write_json_atomic(tmp / MANIFEST, manifest)
+                for name in (ANNOTATIONS, MANIFEST):  # immutable: a reminder, not a guarantee
+                    os.chmod(tmp / name, 0o444)
                 os.rename(tmp, self.dir / version)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

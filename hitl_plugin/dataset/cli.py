@@ -1,0 +1,46 @@
+"""``hitl dataset``: import a COCO folder as a new dataset, list versions, show a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from hitl_plugin.config import storage_root
+from hitl_plugin.dataset.coco import CocoError
+from hitl_plugin.dataset.store import DatasetError, DatasetStore
+
+
+def main(argv: list[str], prog: str = "hitl dataset") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--root", help="storage root (default: $HITL_HOME or ./.hitl)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    imp = sub.add_parser("import", help="create v0001 from DIR/images + DIR/annotations/*.json")
+    imp.add_argument("name")
+    imp.add_argument("source", help="folder with images/ and annotations/{train,val,pool}.json")
+    imp.add_argument("--copy", action="store_true", help="copy images instead of hard-linking")
+    lst = sub.add_parser("versions", help="list the versions of a dataset")
+    lst.add_argument("name")
+    show = sub.add_parser("show", help="print a version's manifest (LATEST by default)")
+    show.add_argument("name")
+    show.add_argument("version", nargs="?")
+    args = parser.parse_args(argv)
+
+    store = DatasetStore(args.root or storage_root(), args.name)
+    try:
+        if args.action == "import":
+            version = store.import_source(args.source, link=not args.copy)
+            print(json.dumps(store.manifest(version), indent=1))
+        elif args.action == "versions":
+            latest = store.latest()
+            for version in store.versions():
+                m = store.manifest(version)
+                mark = "*" if version == latest else " "
+                print(f"{mark} {version}  parent={m['parent']}  round={m['round']}  {m['counts']}")
+        else:
+            version = args.version or store.require_latest()
+            print(json.dumps(store.verify(version), indent=1))
+    except (DatasetError, CocoError) as exc:
+        print(f"hitl dataset: {exc}", file=sys.stderr)
+        return 1
+    return 0

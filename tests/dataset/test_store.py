@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hitl_plugin.dataset.coco import CocoError
+from hitl_plugin.dataset.store import DatasetError, DatasetStore, iter_coco_lines
+
+
+@pytest.fixture
+def store(tmp_path, source):
+    st = DatasetStore(tmp_path / "root", "shapes")
+    st.import_source(source)
+    return st
+
+
+def _bump(coco):
+    coco = json.loads(json.dumps(coco))
+    coco["annotations"][0]["bbox"] = [5.0, 5.0, 10.0, 10.0]
+    coco["annotations"][0]["source"] = "human"
+    return coco
+
+
+def test_import_creates_v0001_with_shared_images(store, tmp_path):
+    assert store.latest() == "v0001"
+    coco = store.load()
+    assert [i["hitl_split"] for i in coco["images"]] == ["train"] * 4 + ["pool"] * 2
+    assert all(i["file_name"].startswith("shapes/") for i in coco["images"])
+    assert all(store.layout.image_path(i["file_name"]).is_file() for i in coco["images"])
+    assert {a["source"] for a in coco["annotations"]} == {"original"}
+    manifest = store.manifest("v0001")
+    assert manifest["parent"] is None and manifest["counts"]["splits"] == {"train": 4, "pool": 2}
+    val = json.loads(store.layout.val_file("shapes").read_text())
+    assert len(val["images"]) == 2 and "hitl_split" not in val["images"][0]
+
+
+def test_publish_is_a_new_immutable_version(store):
+    v2 = store.publish(_bump(store.load()), parent="v0001", round=1)
+    assert (v2, store.latest()) == ("v0002", "v0002")
+    assert store.load("v0001")["annotations"][0]["bbox"] == [4.0, 6.0, 20.0, 10.0]
+    assert store.load("v0002")["annotations"][0]["bbox"] == [5.0, 5.0, 10.0, 10.0]
+    # images are not copied per version
+    assert not list(store.version_dir(v2).glob("*.png"))
+
+
+def test_tampered_version_is_refused(store):
+    path = store.annotations_path("v0001")
+    os.chmod(path, 0o644)
+    path.write_text(path.read_text().replace("circle", "circl3"))
+    with pytest.raises(DatasetError, match="sha256 does not match"):
+        store.load("v0001")
+
+
+def test_crash_before_latest_leaves_previous_version(store):
+    def crash(version):
+        raise KeyboardInterrupt("power cut")
+
+    with pytest.raises(KeyboardInterrupt):
+        store.publish(_bump(store.load()), parent="v0001", _before_latest=crash)
+    assert store.latest() == "v0001"
+    assert store.load()["annotations"][0]["bbox"] == [4.0, 6.0, 20.0, 10.0]
+
+
+def test_crash_while_writing_leaves_nothing_half_written(store):
+    def writer(out):
+        out.write('{"images": [')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        store.publish(parent="v0001", writer=writer)
+    assert store.versions() == ["v0001"] and store.latest() == "v0001"
+    assert not list(store.dir.glob(".tmp-*"))
+
+
+def test_kill_9_mid_publish_keeps_latest_readable(store, tmp_path):
+    """A real process killed between the rename and LATEST: a reader still gets v0001."""
+    script = f"""
+import json, os, signal
+from hitl_plugin.dataset.store import DatasetStore
+st = DatasetStore({str(store.layout.root)!r}, "shapes")
+coco = st.load()
+st.publish(coco, parent="v0001", _before_latest=lambda v: os.kill(os.getpid(), signal.SIGKILL))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9
+    assert store.latest() == "v0001"
+    store.load()
+    # the orphan folder is complete and verifiable, but not LATEST; the next publish goes past it
+    assert store.versions() == ["v0001", "v0002"]
+    store.verify("v0002")
+    assert store.publish(store.load(), parent="v0001") == "v0003"
+
+
+def test_round_key_makes_publish_idempotent(store):
+    a = store.publish(_bump(store.load()), parent="v0001", round_key="dag|run1")
+    b = store.publish(_bump(store.load("v0001")), parent="v0001", round_key="dag|run1")
+    assert a == b == "v0002" and store.versions() == ["v0001", "v0002"]
+
+
+def test_invalid_coco_is_not_published(store):
+    coco = store.load()
+    coco["annotations"][0]["category_id"] = 42
+    with pytest.raises(CocoError, match="category_id 42 does not exist"):
+        store.publish(coco, parent="v0001")
+    assert store.versions() == ["v0001"]
+
+
+def test_second_import_is_refused(store, source):
+    with pytest.raises(DatasetError, match="already exists"):
+        store.import_source(source)
+
+
+def test_files_stay_plain_coco(store):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(store.annotations_path("v0001")))
+    assert len(coco.getAnnIds()) == 4 and len(coco.getImgIds()) == 6
+    items = list(iter_coco_lines(store.annotations_path("v0001")))
+    kinds = [k for k, _ in items]
+    assert kinds.count("images") == 6 and kinds.count("annotations") == 4
+    assert json.loads(dict(items)["head:categories"])[0]["name"] == "circle"
+    assert [json.loads(v) for k, v in items if k == "annotations"] == store.load()["annotations"]
