@@ -16,14 +16,14 @@ setup: $(STAMP) $(LSSTAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing airflow-hitl into $(VENV) (first time: a few minutes)"
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 # Label Studio lives in its own venv: its SDK pins numpy, PyJWT and OpenCV versions that break ours.
 $(LSSTAMP):
 	@test -x $(LSVENV)/bin/python || $(PYTHON) -m venv $(LSVENV)
 	@echo "[setup] installing Label Studio $(LS_VERSION) into $(LSVENV)"
-	$(LSVENV)/bin/pip install --quiet "label-studio==$(LS_VERSION)"
+	$(LSVENV)/bin/pip install --quiet "label-studio==$(LS_VERSION)" 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 demo: setup

@@ -1,0 +1,338 @@
+"""The embedded stack: Airflow (SQLite, LocalExecutor) and Label Studio on 127.0.0.1.
+
+``airflow standalone`` would do most of this, but its log server binds every interface,
+so the four Airflow components are started here one by one (``--skip-serve-logs``), each
+detached with a PID file, so that ``hitl stack stop`` (and ``make stop``) can end them
+later from another shell. Used by ``make demo`` and by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+COMPONENTS = {
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+    "api-server": ["api-server"],
+}
+
+
+class StackError(RuntimeError):
+    """A component of the stack failed to start or answer."""
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid_file(pid_file: Path, *, grace: float = 20.0) -> bool:
+    """Stop the process group named by a PID file: SIGINT, then SIGTERM, then SIGKILL."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    # Airflow components shut down cleanly on SIGINT (see FACTS.md); escalate if they hang.
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if not _alive(pid):
+            break
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+@dataclass
+class AirflowStack:
+    """Airflow 3 components for one storage root, all bound to 127.0.0.1.
+
+    :param home: the storage root (``$HITL_HOME``); Airflow's home is ``<home>/airflow``.
+    :param port: the API server's port.
+    :param dags_folder: folder with the DAG files (the repository's ``dags/``).
+    :param extra_env: more environment for every component (e.g. test settings).
+    """
+
+    home: Path
+    port: int = 8080
+    dags_folder: Path = REPO / "dags"
+    parallelism: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.airflow_home / "run"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def password_file(self) -> Path:
+        return self.airflow_home / "passwords.json"
+
+    def password(self) -> str:
+        return json.loads(self.password_file.read_text())["admin"]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "HITL_HOME": str(self.home),
+                "AIRFLOW_HOME": str(self.airflow_home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+                "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple."
+                "simple_auth_manager.SimpleAuthManager",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.password_file),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "5",
+                "PYTHONUNBUFFERED": "1",
+                "NO_COLOR": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _airflow(self) -> str:
+        return str(Path(sys.executable).with_name("airflow"))
+
+    def running(self) -> dict[str, int | None]:
+        status: dict[str, int | None] = {}
+        for name in COMPONENTS:
+            pid_file = self.run_dir / f"{name}.pid"
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                pid = None
+            status[name] = pid if pid and _alive(pid) else None
+        return status
+
+    def start(self, *, timeout: float = 240.0) -> None:
+        """Migrate the database, start the components and wait until the API answers."""
+        if all(self.running().values()):
+            log.info("Airflow already running at %s", self.url)
+            return
+        if not port_free(self.port):
+            raise StackError(
+                f"port {self.port} on 127.0.0.1 is taken; stop what uses it or choose another "
+                "port (HITL_AIRFLOW_PORT)"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.password_file.exists():
+            self.password_file.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
+            self.password_file.chmod(0o600)
+        env = self.env()
+        t0 = time.monotonic()
+        log.info("Airflow: migrating the database in %s", self.airflow_home)
+        subprocess.run(
+            [self._airflow(), "db", "migrate"], env=env, check=True,
+            stdout=open(self.run_dir / "db-migrate.log", "w"), stderr=subprocess.STDOUT,
+        )
+        for name, args in COMPONENTS.items():
+            logfile = open(self.run_dir / f"{name}.log", "ab")
+            proc = subprocess.Popen(
+                [self._airflow(), *args], env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+            (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        self._wait_healthy(timeout, t0)
+
+    def _wait_healthy(self, timeout: float, t0: float) -> None:
+        deadline = t0 + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            dead = [name for name, pid in self.running().items() if pid is None]
+            if dead:
+                tails = {n: _tail(self.run_dir / f"{n}.log") for n in dead}
+                raise StackError(f"Airflow component(s) exited: {dead}\n{json.dumps(tails, indent=1)}")
+            try:
+                health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=3).json()
+                states = {k: v.get("status") for k, v in health.items() if isinstance(v, dict)}
+                if all(s == "healthy" for s in states.values()) and {
+                    "scheduler", "triggerer", "dag_processor"
+                } <= set(states):
+                    log.info("Airflow healthy at %s after %.0f s", self.url, time.monotonic() - t0)
+                    return
+                last = json.dumps(states)
+            except (requests.RequestException, ValueError) as exc:
+                last = type(exc).__name__
+            time.sleep(2)
+        raise StackError(f"Airflow not healthy after {timeout:.0f} s (last: {last})")
+
+    def stop(self) -> None:
+        for name in reversed(list(COMPONENTS)):
+            if stop_pid_file(self.run_dir / f"{name}.pid"):
+                log.info("stopped %s", name)
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+class AirflowApi:
+    """A small client for Airflow's REST API (v2) with the simple auth manager."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        resp = requests.post(
+            f"{self.url}/auth/token", json={"username": username, "password": password}, timeout=30
+        )
+        if resp.status_code >= 400:
+            raise StackError(f"Airflow login failed: HTTP {resp.status_code}")
+        self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        resp = self.session.request(method, f"{self.url}/api/v2{path}", timeout=60, **kwargs)
+        if resp.status_code >= 400:
+            raise StackError(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
+        return resp.json() if resp.content else {}
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            resp = self.session.get(f"{self.url}/api/v2/dags/{dag_id}", timeout=30)
+            if resp.status_code == 200:
+                return resp.json()
+            if time.monotonic() > deadline:
+                errors = self._call("GET", "/importErrors")
+                raise StackError(f"DAG {dag_id} not parsed after {timeout:.0f} s; import "
+                                 f"errors: {json.dumps(errors)[:2000]}")
+            time.sleep(3)
+
+    def unpause(self, dag_id: str) -> None:
+        self._call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def set_connection(self, conn: dict) -> None:
+        resp = self.session.patch(
+            f"{self.url}/api/v2/connections/{conn['connection_id']}", json=conn, timeout=30
+        )
+        if resp.status_code == 404:
+            self._call("POST", "/connections", json=conn)
+        elif resp.status_code >= 400:
+            raise StackError(f"connection {conn['connection_id']}: HTTP {resp.status_code}")
+
+    def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> dict:
+        body: dict = {"logical_date": None, "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self._call("POST", f"/dags/{dag_id}/dagRuns", json=body)
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")[
+            "task_instances"
+        ]
+
+    def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> dict:
+        return self._call(
+            "POST", f"/dags/{dag_id}/clearTaskInstances",
+            json={"dry_run": False, "dag_run_id": run_id, "task_ids": task_ids,
+                  "only_failed": False, "reset_dag_runs": True, "include_downstream": False},
+        )
+
+    def wait_run(self, dag_id: str, run_id: str, *, timeout: float, poll: float = 5.0,
+                 progress=None) -> dict:
+        """Wait for a DAG run to end; ``progress(task_instances)`` is called on changes."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        while True:
+            run = self.dag_run(dag_id, run_id)
+            if progress is not None:
+                tis = self.task_instances(dag_id, run_id)
+                now = sorted((t["task_id"], t.get("map_index", -1), t["state"]) for t in tis)
+                if now != seen:
+                    progress(tis)
+                    seen = now
+            if run["state"] in ("success", "failed"):
+                return run
+            if time.monotonic() > deadline:
+                raise StackError(f"run {run_id} still {run['state']} after {timeout:.0f} s")
+            time.sleep(poll)
+
+
+def main(argv: list[str], prog: str = "hitl stack") -> int:
+    from hitl_plugin.config import storage_root
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("HITL_AIRFLOW_PORT", 8080)))
+    args = parser.parse_args(argv)
+    home = storage_root()
+    stack = AirflowStack(home, port=args.port)
+    if args.action == "start":
+        stack.start()
+        print(f"Airflow: {stack.url}  user admin  password {stack.password()}")
+    elif args.action == "stop":
+        stack.stop()
+        from hitl_plugin.labeling import server
+
+        server.main(["stop"], prog="hitl labelstudio")
+    else:
+        print(json.dumps({"airflow": stack.running(), "url": stack.url}, indent=1))
+    return 0

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Run every test: unit tests, then the integration tests that start a real Label Studio
+# and a real Airflow. A skipped test is reported, never counted as passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HITL_HOME="${HITL_TEST_HOME:-$(mktemp -d /tmp/hitl-test.XXXXXX)}"
+echo "[test] storage root for this run: $HITL_HOME"
+start=$(date +%s)
+.venv/bin/python -m pytest -p no:cacheprovider --durations=15 "$@" tests
+echo "[test] total wall time: $(( $(date +%s) - start )) s"
