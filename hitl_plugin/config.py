@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import yaml
@@ -77,6 +78,11 @@ class TrainingConfig(_Section):
     threads: int = Field(default=2, ge=1, le=256, description="Torch CPU threads.")
     seed: int = Field(default=0, description="Training seed.")
     plots: bool = Field(default=False, description="Let Ultralytics draw its own training plots.")
+    retrain_after_merge: bool = Field(
+        default=False,
+        description="End the round by training once more on the merged version and reporting "
+        "mAP before and after (the demo does; otherwise the next scheduled run learns from it).",
+    )
 
 
 class GateConfig(_Section):
@@ -268,12 +274,21 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     return parse_config(data, source=path)
 
 
-def storage_root(config: PipelineConfig | None = None) -> Path:
-    """Return the storage root: config, then the HITL_HOME environment variable, then ./.hitl.
+#: Set by the Airflow side (``hitl_plugin.operators``) to read Airflow Variables, so that
+#: this module itself never imports Airflow.
+variable_lookup: Callable[[str], str | None] | None = None
 
-    The Airflow Variable `hitl_storage_root` is read by the DAG factory, not here, so that
-    the core library does not import Airflow.
+
+def storage_root(config: PipelineConfig | None = None) -> Path:
+    """Return the storage root.
+
+    In order: the config's ``storage.root``, the Airflow Variable ``hitl_storage_root`` (when
+    running inside Airflow), the ``HITL_HOME`` environment variable, then ``./.hitl``.
     """
     if config is not None and config.storage.root:
         return config.resolve(config.storage.root)  # type: ignore[return-value]
+    if variable_lookup is not None:
+        value = variable_lookup("hitl_storage_root")
+        if value:
+            return Path(value).absolute()
     return Path(os.environ.get("HITL_HOME") or ".hitl").absolute()

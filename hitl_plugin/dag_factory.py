@@ -1,0 +1,191 @@
+"""Build one Airflow DAG per pipeline YAML config.
+
+The DAG file in ``dags/`` calls :func:`build_dags` on ``dags/configs/``. Only light modules
+are imported here (pydantic, yaml, the Airflow SDK, the thin operators): DAG parsing
+stays fast, and every task process re-parses its DAG file.
+
+A config that does not validate does not break the other pipelines: the valid ones still
+become DAGs, and the bad ones surface as one DAG import error of the DAG file whose text
+names each bad file, field and reason (see :class:`ConfigErrorDag`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+
+from hitl_plugin.config import ConfigError, PipelineConfig, load_config
+
+log = logging.getLogger(__name__)
+
+
+class ConfigErrorDag(DAG):
+    """A stand-in DAG that fails validation with the config errors of a DAG file.
+
+    Airflow records an exception raised while it validates a DAG as an import error of the
+    file and goes on bagging the file's other DAGs, whereas an exception at import time
+    would drop them all. So bad configs become one import error with a readable message.
+    """
+
+    def __init__(self, errors: list[str], **kwargs) -> None:
+        super().__init__(dag_id="hitl_config_errors", schedule=None, **kwargs)
+        self.hitl_errors = errors
+
+    def validate(self) -> None:  # noqa: D102 - see class docstring
+        raise ConfigError(
+            f"{len(self.hitl_errors)} pipeline config(s) invalid:\n" + "\n".join(self.hitl_errors)
+        )
+
+
+def dataset_asset(config: PipelineConfig) -> Asset:
+    """The Asset a pipeline's merge step updates: one per dataset name."""
+    return Asset(name=f"hitl-dataset-{config.dataset.name}", uri=f"hitl://datasets/{config.dataset.name}")
+
+
+def _schedule(config: PipelineConfig):
+    cron = config.schedule.cron
+    asset = dataset_asset(config) if config.schedule.on_new_version else None
+    if cron and asset is not None:
+        return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=asset)
+    if asset is not None:
+        return asset
+    return CronTriggerTimetable(cron, timezone="UTC") if cron else None
+
+
+def _params(config: PipelineConfig) -> dict[str, Param]:
+    sel, train, lab = config.selection, config.training, config.labeling
+    return {
+        "budget": Param(
+            sel.budget, type=["null", "integer"], minimum=0,
+            description="Images to send to people this round (empty: the config's "
+            f"budget_fraction, {sel.budget_fraction}).",
+        ),
+        "strategy": Param(
+            sel.strategy, type="string", enum=["hybrid", "label_error", "uncertainty", "random"],
+            description="How samples are chosen.",
+        ),
+        "epochs": Param(train.epochs, type="integer", minimum=1, maximum=1000,
+                        description="Training epochs this round."),
+        "imgsz": Param(train.imgsz, type="integer", minimum=32, maximum=1280,
+                       description="Training and scoring image size (pixels)."),
+        "completion": Param(
+            lab.completion, type="string", enum=["all", "fraction"],
+            description="Wait for all labeling tasks, or for min_fraction by the deadline.",
+        ),
+        "min_fraction": Param(lab.min_fraction, type="number", exclusiveMinimum=0, maximum=1,
+                              description="With completion=fraction: share of tasks required."),
+    }
+
+
+def _approval_body(train_result: dict) -> str:
+    from hitl_plugin.model.gate import approval_body
+
+    return approval_body(train_result.get("metrics", {}))
+
+
+def build_dag(config: PipelineConfig) -> DAG:
+    """Build the round DAG of one pipeline config."""
+    from hitl_plugin.operators.dataset import PrepareDatasetOperator, RoundReportOperator
+    from hitl_plugin.operators.labeling import CollectCorrectionsOperator, SubmitForLabelingOperator
+    from hitl_plugin.operators.merge import MergeCorrectionsOperator
+    from hitl_plugin.operators.model import PromoteModelOperator, YoloTrainOperator
+    from hitl_plugin.operators.selection import ScoreSamplesOperator, SelectSamplesOperator
+    from hitl_plugin.sensors.label_studio import LabelsReadySensor
+
+    path = config.config_path or ""
+    conn_id = "{{ var.value.get('hitl_label_studio_conn_id', '%s') }}" % config.labeling.conn_id
+    with DAG(
+        dag_id=config.dag_id,
+        description=config.description or f"Human-in-the-loop training ({Path(path).name})",
+        schedule=_schedule(config),
+        start_date=None,
+        catchup=False,
+        max_active_runs=1,
+        params=_params(config),
+        render_template_as_native_obj=True,
+        default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
+        tags=["hitl", config.dataset.name],
+        user_defined_filters={"hitl_approval_body": _approval_body},
+        doc_md=f"Pipeline config: `{path}`. Each run is one round: train, evaluate, gate, "
+        "score, select, submit to Label Studio, wait for people, collect, merge.",
+    ) as dag:
+        prepare = PrepareDatasetOperator(task_id="prepare", config_path=path)
+        train = YoloTrainOperator(
+            task_id="train", config_path=path, version=prepare.output,
+            epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}",
+        )
+        promote = PromoteModelOperator(task_id="gate", config_path=path, train_result=train.output)
+        if config.gate.require_approval:
+            from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+            approve = ApprovalOperator(
+                task_id="approve_checkpoint",
+                subject="Promote the new checkpoint of {{ dag.dag_id }}?",
+                body="{{ ti.xcom_pull(task_ids='train') | hitl_approval_body }}",
+                execution_timeout=timedelta(hours=config.labeling.timeout_hours),
+            )
+            train >> approve >> promote
+        score = ScoreSamplesOperator(
+            task_id="score", config_path=path, checkpoint=promote.output,
+            version=prepare.output, imgsz="{{ params.imgsz }}",
+        )
+        select = SelectSamplesOperator(
+            task_id="select", config_path=path, scores=score.output, version=prepare.output,
+            model_version=promote.output,
+            budget="{{ params.budget }}", strategy="{{ params.strategy }}",
+        )
+
+        @task
+        def batches(selection: dict) -> list[dict]:
+            """The fan-out unit: one submit task per batch of the selection."""
+            return selection["batches"]
+
+        submit = SubmitForLabelingOperator.partial(
+            task_id="submit", config_path=path, model_version=promote.output,
+            label_studio_conn_id=conn_id,
+        ).expand(batch=batches(select.output))
+        wait = LabelsReadySensor(
+            task_id="wait_for_labels", config_path=path, submissions=submit.output,
+            completion="{{ params.completion }}", min_fraction="{{ params.min_fraction }}",
+            label_studio_conn_id=conn_id,
+        )
+        collect = CollectCorrectionsOperator(
+            task_id="collect", config_path=path, selection=select.output,
+            submissions=submit.output, label_studio_conn_id=conn_id,
+        )
+        merge = MergeCorrectionsOperator(
+            task_id="merge", config_path=path, corrections=collect.output,
+            base_version=prepare.output, outlets=[dataset_asset(config)],
+        )
+        report = RoundReportOperator(
+            task_id="report", config_path=path, results={
+                "version": prepare.output, "train": train.output, "gate": promote.output,
+                "selection": select.output, "corrections": collect.output,
+                "merge": merge.output,
+            },
+            retrain=config.training.retrain_after_merge,
+        )
+        submit >> wait >> collect
+        merge >> report
+    return dag
+
+
+def build_dags(config_dir: str | Path) -> dict[str, DAG]:
+    """Build a DAG for every ``*.yaml`` in ``config_dir``; collect the errors of bad ones."""
+    dags: dict[str, DAG] = {}
+    errors: list[str] = []
+    for path in sorted(Path(config_dir).glob("*.y*ml")):
+        try:
+            config = load_config(path)
+            if config.dag_id in dags:
+                raise ConfigError(f"{path}: dag_id {config.dag_id!r} is used by another config")
+            dags[config.dag_id] = build_dag(config)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            errors.append(str(exc))
+    if errors:
+        dags["hitl_config_errors"] = ConfigErrorDag(errors)
+    return dags
