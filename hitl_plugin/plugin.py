@@ -1,0 +1,104 @@
+"""The Airflow plugin: a page in the Airflow UI with each pipeline's rounds and datasets.
+
+Airflow does not authenticate plugin routes by itself, so every route depends on
+Airflow's logged-in user (a Bearer token or the UI's ``_token`` cookie).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from airflow.plugins_manager import AirflowPlugin
+
+
+def _reports(root: Path, dag_id: str) -> list[dict]:
+    from hitl_plugin.paths import safe_component
+
+    folder = root / "rounds" / safe_component(dag_id)
+    reports = []
+    for path in sorted(folder.glob("*/report.json")):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(reports, key=lambda r: r.get("finished", ""))
+
+
+def create_app(root: Path | None = None):
+    """Build the plugin's FastAPI app.
+
+    :param root: the storage root; default: resolved per request (Variable, HITL_HOME).
+    """
+    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi.responses import FileResponse, HTMLResponse
+
+    from airflow.api_fastapi.core_api.security import get_user
+    from hitl_plugin.config import storage_root
+    from hitl_plugin.dataset.store import DatasetStore
+    from hitl_plugin.paths import Layout, safe_component
+
+    app = FastAPI(title="airflow-hitl", dependencies=[Depends(get_user)])
+
+    def _root() -> Path:
+        return root or storage_root()
+
+    def _pipelines() -> list[str]:
+        folder = _root() / "rounds"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    @app.get("/api/pipelines")
+    def pipelines() -> list[str]:
+        return _pipelines()
+
+    @app.get("/api/rounds/{dag_id}")
+    def rounds(dag_id: str) -> list[dict]:
+        return _reports(_root(), dag_id)
+
+    @app.get("/api/datasets/{name}")
+    def dataset(name: str) -> dict:
+        store = DatasetStore(_root(), name)
+        versions = store.versions()
+        if not versions:
+            raise HTTPException(404, f"no dataset {name!r}")
+        return {"latest": store.latest(), "versions": [store.manifest(v) for v in versions]}
+
+    @app.get("/plot/{dag_id}/{run_id}.png")
+    def plot(dag_id: str, run_id: str):
+        path = Layout.at(_root()).round_dir(dag_id, run_id) / "report.png"
+        if not path.is_file():
+            raise HTTPException(404, "no plot for this round")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        parts = ["<html><head><title>HITL rounds</title></head><body><h1>HITL rounds</h1>"]
+        for dag_id in _pipelines():
+            parts.append(f"<h2>{html.escape(dag_id)}</h2><table border=1 cellpadding=4>")
+            parts.append("<tr><th>run</th><th>selected</th><th>corrections</th>"
+                         "<th>mAP50-95 before</th><th>after</th><th>version</th><th>plot</th></tr>")
+            for rep in reversed(_reports(_root(), dag_id)):
+                run = str(rep.get("run_id", ""))
+                link = f"plot/{safe_component(dag_id)}/{safe_component(run)}.png"
+                cells = [run, rep.get("selected"), rep.get("corrections", {}).get("labeled"),
+                         rep.get("map50_95_before"), rep.get("map50_95_after"),
+                         rep.get("new_version")]
+                row = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+                parts.append(f"<tr>{row}<td><a href='{html.escape(link)}'>plot</a></td></tr>")
+            parts.append("</table>")
+        parts.append("</body></html>")
+        return "".join(parts)
+
+    return app
+
+
+class HitlPlugin(AirflowPlugin):
+    """Adds the HITL rounds page to the Airflow UI."""
+
+    name = "hitl"
+    fastapi_apps = [{"app": create_app(), "url_prefix": "/hitl", "name": "HITL rounds"}]
+    external_views = [
+        {"name": "HITL rounds", "href": "/hitl/", "destination": "nav", "category": "browse",
+         "url_route": "hitl"}
+    ]

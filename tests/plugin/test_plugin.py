@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hitl_plugin.dataset.store import DatasetStore
+
+
+@pytest.fixture
+def root(tmp_path):
+    rounds = tmp_path / "rounds" / "hitl_shapes" / "manual__1"
+    rounds.mkdir(parents=True)
+    (rounds / "report.json").write_text(json.dumps({
+        "run_id": "manual__1", "selected": 12, "corrections": {"labeled": 11},
+        "map50_95_before": 0.41, "map50_95_after": 0.47, "new_version": "v0002",
+        "finished": "2026-01-01T00:00:00+00:00",
+    }))
+    (rounds / "report.png").write_bytes(b"\x89PNG fake")
+    DatasetStore(tmp_path, "shapes").publish(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}, parent=None)
+    return tmp_path
+
+
+def test_routes_require_an_airflow_user(root):
+    from hitl_plugin.plugin import create_app
+
+    client = TestClient(create_app(root))
+    for path in ("/", "/api/pipelines", "/api/rounds/hitl_shapes", "/api/datasets/shapes",
+                 "/plot/hitl_shapes/manual__1.png"):
+        assert client.get(path).status_code == 401, path
+
+
+def test_routes_with_a_user(root):
+    from airflow.api_fastapi.core_api.security import get_user
+
+    from hitl_plugin.plugin import create_app
+
+    app = create_app(root)
+    app.dependency_overrides[get_user] = lambda: object()
+    client = TestClient(app)
+    assert client.get("/api/pipelines").json() == ["hitl_shapes"]
+    assert client.get("/api/rounds/hitl_shapes").json()[0]["map50_95_after"] == 0.47
+    assert client.get("/api/datasets/shapes").json()["latest"] == "v0001"
+    assert client.get("/api/datasets/nope").status_code == 404
+    page = client.get("/").text
+    assert "manual__1" in page and "0.47" in page and "plot/hitl_shapes/manual__1.png" in page
+    assert client.get("/plot/hitl_shapes/manual__1.png").content == b"\x89PNG fake"
+    assert client.get("/plot/hitl_shapes/..%2F..%2Fetc.png").status_code == 404
+
+
+def test_plugin_is_registered_by_entry_point():
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="airflow.plugins")}
+    assert eps["hitl"] == "hitl_plugin.plugin:HitlPlugin"
+    info = next(ep for ep in entry_points(group="apache_airflow_provider")
+                if ep.value.startswith("hitl_plugin")).load()()
+    conn = info["connection-types"][0]
+    assert conn["connection-type"] == "label_studio"
+    assert conn["hook-class-name"] == "hitl_plugin.hooks.label_studio.LabelStudioHook"
