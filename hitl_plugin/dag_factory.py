@@ -48,11 +48,14 @@ def dataset_asset(config: PipelineConfig) -> Asset:
 def _schedule(config: PipelineConfig):
     cron = config.schedule.cron
     asset = dataset_asset(config) if config.schedule.on_new_version else None
-    if cron and asset is not None:
-        return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=asset)
-    if asset is not None:
-        return asset
-    return CronTriggerTimetable(cron, timezone="UTC") if cron else None
+    # run_immediately=0: unpausing must not start a run for an interval that already passed
+    # (by default a daily cron runs the past interval if it is less than 2.4 h old).
+    timetable = (
+        CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0)) if cron else None
+    )
+    if timetable is not None and asset is not None:
+        return AssetOrTimeSchedule(timetable=timetable, assets=asset)
+    return asset if asset is not None else timetable
 
 
 def _params(config: PipelineConfig) -> dict[str, Param]:
