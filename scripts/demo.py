@@ -1,0 +1,146 @@
+"""``make demo``: one full human-in-the-loop round on the embedded default.
+
+1. generates the synthetic shapes dataset (once),
+2. starts Label Studio and Airflow on 127.0.0.1 and prints the logins,
+3. creates the ``label_studio`` connection, unpauses the DAG and triggers a run over REST,
+4. runs SIMULATED annotators against Label Studio while the sensor waits (``HUMAN=1``: waits
+   for a person to label in the browser instead),
+5. waits for the run and prints the round's summary,
+6. leaves both servers running (``make stop`` stops them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DAG_ID = "hitl_shapes"
+log = logging.getLogger("demo")
+
+
+def _step(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def _truth(source: Path) -> dict:
+    """Train and pool truth in one COCO dict: what the simulated annotators "see"."""
+    train = json.loads((source / "annotations" / "train_truth.json").read_text())
+    pool = json.loads((source / "annotations" / "pool_truth.json").read_text())
+    return {
+        "categories": train["categories"],
+        "images": train["images"] + pool["images"],
+        "annotations": train["annotations"] + pool["annotations"],
+    }
+
+
+def _find_project(url: str, token: str, title: str) -> int | None:
+    import requests
+
+    resp = requests.get(f"{url}/api/projects", headers={"Authorization": f"Token {token}"},
+                        params={"title": title, "page_size": 100}, timeout=30)
+    resp.raise_for_status()
+    body = resp.json()
+    projects = body.get("results", body) if isinstance(body, dict) else body
+    return next((p["id"] for p in projects if p.get("title") == title), None)
+
+
+def _annotators(url: str, token: str, title: str, truth: dict, done: threading.Event) -> None:
+    """Label every open task of the round's project until the run ends (a simulator)."""
+    from hitl_plugin.labeling.simulator import simulate
+
+    project = None
+    while not done.is_set() and project is None:
+        project = _find_project(url, token, title)
+        done.wait(2)
+    while not done.is_set():
+        result = simulate(url, token, project, truth, accuracy=0.95, latency=0.2, workers=2,
+                          until_empty=True, seed=1, timeout=30, stop_event=done)
+        if result.get("submitted"):
+            print(f"    [simulated annotators] submitted {result['submitted']} annotations",
+                  flush=True)
+        done.wait(3)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    t_start = time.monotonic()
+    home = Path(os.environ.get("HITL_HOME") or REPO / ".hitl").absolute()
+    os.environ["HITL_HOME"] = str(home)
+    human = os.environ.get("HUMAN", "") not in ("", "0")
+    af_port = int(os.environ.get("HITL_AIRFLOW_PORT", 8080))
+    ls_port = int(os.environ.get("HITL_LS_PORT", 8081))
+
+    from hitl_plugin.config import load_config
+    from hitl_plugin.labeling.server import LabelStudioServer
+    from hitl_plugin.stack import AirflowApi, AirflowStack
+
+    config = load_config(REPO / "dags" / "configs" / "shapes.yaml")
+    source = config.resolve(config.dataset.source_dir)
+    _step(f"1/5 synthetic dataset in {source}")
+    if not (source / "annotations" / "train_truth.json").is_file():
+        from hitl_plugin.synth import generate
+
+        generate(source, train=300, val=100, pool=200, classes=4, imgsz=128, noise=0.15, seed=7)
+    print(f"    {source}")
+
+    _step("2/5 Label Studio and Airflow on 127.0.0.1")
+    ls = LabelStudioServer(data_dir=home / "labelstudio", document_root=home, port=ls_port)
+    ls.start()
+    stack = AirflowStack(home, port=af_port)
+    stack.start()
+    print(f"    Label Studio: {ls.url}  login {ls.username} / {ls.password}")
+    print(f"    Airflow:      {stack.url}  login admin / {stack.password()}")
+
+    _step("3/5 connection, unpause, trigger")
+    api = AirflowApi(stack.url, "admin", stack.password())
+    api.set_connection({"connection_id": config.labeling.conn_id, "conn_type": "label_studio",
+                        "host": ls.url, "password": ls.token})
+    api.wait_for_dag(DAG_ID)
+    api.unpause(DAG_ID)
+    run_id = api.trigger(DAG_ID)["dag_run_id"]
+    print(f"    triggered {DAG_ID} run {run_id}")
+
+    _step("4/5 the round runs; people label in Label Studio")
+    done = threading.Event()
+    title = config.labeling.project_title or f"hitl-{DAG_ID}"
+    if human:
+        print(f"    HUMAN=1: open {ls.url}, log in as {ls.username} / {ls.password}, open the "
+              f"project '{title}' once it appears and label its tasks. The run goes on when "
+              "every task is done.")
+    else:
+        sim = threading.Thread(target=_annotators, args=(ls.url, ls.token, title,
+                                                         _truth(source), done), daemon=True)
+        sim.start()
+
+    def progress(tis: list[dict]) -> None:
+        states = ", ".join(f"{t['task_id']}{'' if t.get('map_index', -1) < 0 else '[%d]' % t['map_index']}"
+                           f"={t['state']}" for t in tis if t["state"])
+        print(f"    [{time.monotonic() - t_start:5.0f} s] {states}", flush=True)
+
+    try:
+        run = api.wait_run(DAG_ID, run_id, timeout=3600 if human else 1500, progress=progress)
+    finally:
+        done.set()
+    if run["state"] != "success":
+        print(f"\nThe run ended {run['state']}; task logs: {stack.airflow_home / 'logs'}")
+        return 1
+
+    _step("5/5 summary")
+    from hitl_plugin.paths import Layout
+
+    report = Layout.at(home).round_dir(DAG_ID, run_id) / "report.json"
+    print(json.loads(report.read_text())["text"])
+    print(f"\nTotal wall time: {time.monotonic() - t_start:.0f} s")
+    print(f"Both servers keep running: Airflow {stack.url}, Label Studio {ls.url}. "
+          "Stop them with: make stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
