@@ -1,0 +1,161 @@
+"""A real Label Studio server, started once per test session.
+
+Use the ``label_studio`` fixture in any test under ``tests/integration/``; every test that uses
+it is marked ``integration``. Each test makes its own project with ``new_project``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from hitl_plugin.labeling.server import LabelStudioError, LabelStudioServer, free_port
+
+#: Three classes, as in the synthetic dataset; the project's label config for tests.
+LABELS = ("circle", "square", "triangle")
+
+
+def label_config(labels: tuple[str, ...] | list[str] = LABELS) -> str:
+    """Return the RectangleLabels config our projects use."""
+    inner = "".join(f'<Label value="{name}"/>' for name in labels)
+    return (
+        '<View><Image name="image" value="$image"/>'
+        f'<RectangleLabels name="label" toName="image">{inner}</RectangleLabels></View>'
+    )
+
+
+_default_label_config = label_config
+
+
+@dataclass
+class LabelStudioFixture:
+    """What the ``label_studio`` fixture yields.
+
+    :ivar url: base URL, e.g. ``http://127.0.0.1:41234``.
+    :ivar token: API token (``Authorization: Token <token>``).
+    :ivar root: storage root and Label Studio's document root; images go under ``root/images``.
+    :ivar data_dir: Label Studio's data directory (database, log, PID file).
+    :ivar server: the :class:`LabelStudioServer` itself.
+    :ivar start_seconds: how long the server took to answer.
+    """
+
+    url: str
+    token: str
+    root: Path
+    data_dir: Path
+    server: LabelStudioServer
+    start_seconds: float
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.session.headers["Authorization"] = f"Token {self.token}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the API (``path`` starts with ``/api/``), raise on an error status, return JSON."""
+        kwargs.setdefault("timeout", 60)
+        response = self.session.request(method, f"{self.url}{path}", **kwargs)
+        if response.status_code >= 400:
+            raise AssertionError(
+                f"{method} {path} -> {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else None
+
+    def new_project(self, title: str, label_config: str | None = None) -> int:
+        """Create a project (default: RectangleLabels circle/square/triangle); return its id."""
+        body = {"title": title[:50], "label_config": label_config or _default_label_config()}
+        return int(self.api("POST", "/api/projects", json=body)["id"])
+
+    def add_local_storage(self, project: int, path: Path | None = None) -> int:
+        """Register ``path`` (default ``root/images``) as the project's local-files storage."""
+        path = path or self.root / "images"
+        path.mkdir(parents=True, exist_ok=True)
+        body = {"project": project, "path": str(path), "use_blob_urls": True,
+                "title": "hitl images", "regex_filter": ""}
+        return int(self.api("POST", "/api/storages/localfiles/", json=body)["id"])
+
+    def import_tasks(self, project: int, tasks: list[dict]) -> list[int]:
+        """Bulk-import tasks; return their ids in order."""
+        out = self.api("POST", f"/api/projects/{project}/import",
+                       params={"return_task_ids": "true"}, json=tasks)
+        return [int(t) for t in out["task_ids"]]
+
+    def tasks(self, project: int) -> list[dict]:
+        """Return every task of the project with its annotations (all pages)."""
+        found: list[dict] = []
+        page = 1
+        while True:
+            response = self.session.get(
+                f"{self.url}/api/tasks/",
+                params={"project": project, "page": page, "page_size": 100, "fields": "all"},
+                timeout=60,
+            )
+            if response.status_code == 404:
+                return found
+            response.raise_for_status()
+            data = response.json()
+            batch = data.get("tasks", data) if isinstance(data, dict) else data
+            if not batch:
+                return found
+            found.extend(batch)
+            page += 1
+
+    def annotations(self, task: int) -> list[dict]:
+        """Return a task's annotations."""
+        return self.api("GET", f"/api/tasks/{task}/annotations/")
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):
+    """Start a fresh Label Studio on a free port for the whole session; stop it at the end.
+
+    Fails (never skips) when Label Studio is not installed: a skipped integration test must not
+    pass as green.
+    """
+    base = tmp_path_factory.mktemp("labelstudio")
+    root = base / "storage"
+    (root / "images").mkdir(parents=True)
+    probe = LabelStudioServer(data_dir=base / "data", document_root=root, port=1)
+    if not probe.executable.exists():
+        pytest.fail(
+            f"Label Studio is not installed: {probe.executable} is missing. Run `make setup` "
+            f"(it installs Label Studio into .venv-labelstudio) or set HITL_LABEL_STUDIO_BIN.",
+            pytrace=False,
+        )
+    server = None
+    began = time.monotonic()
+    for attempt in range(3):  # a free port can be taken between the probe and the bind
+        server = LabelStudioServer(data_dir=base / "data", document_root=root, port=free_port())
+        try:
+            server.start(timeout=240)
+            break
+        except LabelStudioError as exc:
+            if "already in use" not in str(exc) or attempt == 2:
+                pytest.fail(f"Label Studio did not start: {exc}", pytrace=False)
+    assert server is not None
+    fixture = LabelStudioFixture(
+        url=server.url, token=server.token, root=root, data_dir=server.data_dir, server=server,
+        start_seconds=time.monotonic() - began,
+    )
+    (base / "fixture.json").write_text(json.dumps({"start_seconds": fixture.start_seconds}))
+    try:
+        yield fixture
+    finally:
+        fixture.session.close()
+        server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the real Label Studio as ``integration``."""
+    for item in items:
+        if "label_studio" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
