@@ -61,8 +61,9 @@ def _annotators(url: str, token: str, title: str, truth: dict, done: threading.E
     while not done.is_set():
         result = simulate(url, token, project, truth, accuracy=0.95, latency=0.2, workers=2,
                           until_empty=True, seed=1, timeout=30, stop_event=done)
-        if result.get("submitted"):
-            print(f"    [simulated annotators] submitted {result['submitted']} annotations",
+        if result.get("annotated") or result.get("skipped"):
+            print(f"    [simulated annotators] labeled {result['annotated']} tasks, "
+                  f"skipped {result['skipped']}",
                   flush=True)
         done.wait(3)
 

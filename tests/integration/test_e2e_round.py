@@ -1,0 +1,186 @@
+"""One whole round under a real Airflow (scheduler, triggerer, API server) and a real Label Studio.
+
+Tiny settings (64 px images, one epoch) keep it to a few minutes; the simulated annotators
+label what the round submits while the deferrable sensor waits in the triggerer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hitl_plugin.dataset.store import DatasetStore
+from hitl_plugin.labeling.simulator import simulate
+from hitl_plugin.paths import Layout
+from hitl_plugin.schemas import Corrections, SelectionManifest
+from hitl_plugin.stack import AirflowApi, AirflowStack, free_port
+from hitl_plugin.synth import generate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "hitl_e2e"
+
+
+def _tasks(ls, project: int) -> list[dict]:
+    tasks, page = [], 1
+    while True:
+        resp = ls.session.get(f"{ls.url}/api/tasks/", params={
+            "project": project, "page": page, "page_size": 100, "fields": "all"}, timeout=30)
+        if resp.status_code == 404:
+            return tasks
+        resp.raise_for_status()
+        body = resp.json()
+        batch = body["tasks"] if isinstance(body, dict) else body
+        if not batch:
+            return tasks
+        tasks += batch
+        page += 1
+
+
+def _project_id(ls, title: str) -> int | None:
+    resp = ls.session.get(f"{ls.url}/api/projects", params={"page_size": 1000}, timeout=30)
+    resp.raise_for_status()
+    body = resp.json()
+    projects = body.get("results", body) if isinstance(body, dict) else body
+    return next((p["id"] for p in projects if p["title"] == title), None)
+
+
+@pytest.fixture(scope="module")
+def round_run(label_studio, tmp_path_factory):
+    """Trigger one round over REST; annotate with the simulator; yield what happened."""
+    work = tmp_path_factory.mktemp("e2e")
+    root = label_studio.root  # Label Studio serves <root>/images: our storage root
+    source = work / "source"
+    generate(source, train=40, val=16, pool=24, classes=3, imgsz=64, noise=0.25, seed=11)
+    dags = work / "dags"
+    (dags / "configs").mkdir(parents=True)
+    shutil.copy(REPO / "dags" / "hitl_pipelines.py", dags)
+    config = {
+        "dag_id": DAG_ID,
+        "storage": {"root": str(root)},
+        "dataset": {"name": "e2e", "source_dir": str(source)},
+        "model": {"base_checkpoint": "builtin"},
+        "training": {"epochs": 1, "imgsz": 64, "batch": 8},
+        "selection": {"budget": 8, "audit_fraction": 0.125, "seed": 1},
+        "labeling": {"batch_size": 3, "poke_interval": 2, "timeout_hours": 0.25},
+        "merge": {"human_weight": 3.0},
+        "schedule": {"cron": None},
+    }
+    (dags / "configs" / "e2e.yaml").write_text(yaml.safe_dump(config))
+
+    stack = AirflowStack(work / "airflow-home", port=free_port(), dags_folder=dags)
+    stack.start()
+    try:
+        api = AirflowApi(stack.url, "admin", stack.password())
+        api.set_connection({"connection_id": "label_studio_default", "conn_type": "label_studio",
+                            "host": label_studio.url, "password": label_studio.token})
+        api.wait_for_dag(DAG_ID)
+        api.unpause(DAG_ID)
+        run_id = api.trigger(DAG_ID)["dag_run_id"]
+
+        truth_train = json.loads((source / "annotations" / "train_truth.json").read_text())
+        truth_pool = json.loads((source / "annotations" / "pool_truth.json").read_text())
+        truth = {"categories": truth_train["categories"],
+                 "images": truth_train["images"] + truth_pool["images"],
+                 "annotations": truth_train["annotations"] + truth_pool["annotations"]}
+        done, sims = threading.Event(), []
+
+        def annotators():
+            project = None
+            while project is None and not done.is_set():
+                project = _project_id(label_studio, f"hitl-{DAG_ID}")
+                done.wait(2)
+            while not done.is_set():
+                sims.append(simulate(label_studio.url, label_studio.token, project, truth,
+                                     accuracy=0.9, workers=2, until_empty=True, seed=len(sims),
+                                     timeout=20, stop_event=done))
+                done.wait(2)
+
+        thread = threading.Thread(target=annotators, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        run = api.wait_run(DAG_ID, run_id, timeout=900)
+        done.set()
+        thread.join(30)
+        if run["state"] != "success":
+            states = {(t["task_id"], t.get("map_index")): t["state"]
+                      for t in api.task_instances(DAG_ID, run_id)}
+            pytest.fail(f"round ended {run['state']}: {states}; logs in {stack.airflow_home}")
+        yield {
+            "api": api, "stack": stack, "run_id": run_id, "root": root,
+            "sims": sims, "seconds": time.monotonic() - started,
+        }
+    finally:
+        stack.stop()
+
+
+def test_round_end_to_end(round_run, label_studio):
+    root, run_id = round_run["root"], round_run["run_id"]
+    layout = Layout.at(root)
+    round_dir = layout.round_dir(DAG_ID, run_id)
+    selection = SelectionManifest.model_validate_json((round_dir / "selection.json").read_text())
+    assert len(selection.items) == 8
+
+    # tasks in Label Studio equal the selection (keys are ours)
+    project = _project_id(label_studio, f"hitl-{DAG_ID}")
+    tasks = _tasks(label_studio, project)
+    assert sorted(t["data"]["hitl_image_id"] for t in tasks) == sorted(
+        i.image_id for i in selection.items)
+    assert {t["data"]["hitl_key"] for t in tasks} == {
+        f"{DAG_ID}|{run_id}|{i.image_id}" for i in selection.items}
+
+    # a new version whose human annotations equal what the simulator submitted
+    store = DatasetStore(root, "e2e")
+    assert store.versions() == ["v0001", "v0002"] and store.latest() == "v0002"
+    coco = store.load("v0002")
+    submitted = {e["image_id"]: e for s in round_run["sims"] for e in s["entries"]}
+    labeled = {i for i, e in submitted.items() if not e["skipped"]}
+    human = {}
+    for ann in coco["annotations"]:
+        if ann.get("source") == "human":
+            human.setdefault(ann["image_id"], []).append(ann)
+    assert set(human) <= labeled
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for image_id in labeled:
+        sent = sorted((b["category"], *[round(v) for v in b["bbox"]])
+                      for b in submitted[image_id]["boxes"])
+        got = sorted((names[a["category_id"]], *[round(v) for v in a["bbox"]])
+                     for a in human.get(image_id, []))
+        assert got == sent, image_id
+        assert all(a["round"] == 2 and a["annotator"] for a in human.get(image_id, []))
+    weights = {img["id"]: img.get("weight", 1.0) for img in coco["images"]}
+    assert all(weights[i] > 1.0 for i in labeled)
+    assert all(w == 1.0 for i, w in weights.items() if i not in labeled)
+    corrections = Corrections.model_validate_json((round_dir / "corrections.json").read_text())
+    assert {c.image_id for c in corrections.items if c.status == "labeled"} == labeled
+
+    # metrics recorded next to the checkpoint, and the round report
+    metrics = list((layout.root / "models" / DAG_ID).glob("*/**/metrics.json"))
+    assert metrics and "map50_95" in json.loads(metrics[0].read_text())
+    report = json.loads((round_dir / "report.json").read_text())
+    assert report["new_version"] == "v0002" and (round_dir / "report.png").stat().st_size > 0
+    print(f"e2e round took {round_run['seconds']:.0f} s")
+
+
+def test_retrying_submit_and_merge_changes_nothing(round_run, label_studio):
+    api, run_id, root = round_run["api"], round_run["run_id"], round_run["root"]
+    project = _project_id(label_studio, f"hitl-{DAG_ID}")
+    before_tasks = sorted(t["id"] for t in _tasks(label_studio, project))
+    store = DatasetStore(root, "e2e")
+    before_sha = store.manifest("v0002")["sha256"]
+
+    api.clear_tasks(DAG_ID, run_id, ["submit", "merge"])
+    run = api.wait_run(DAG_ID, run_id, timeout=300)
+    assert run["state"] == "success"
+    tis = {(t["task_id"], t.get("map_index")): t for t in api.task_instances(DAG_ID, run_id)}
+    assert all(t["try_number"] >= 2 for (tid, _), t in tis.items() if tid in ("submit", "merge"))
+    assert sorted(t["id"] for t in _tasks(label_studio, project)) == before_tasks
+    assert store.versions() == ["v0001", "v0002"]
+    assert store.manifest("v0002")["sha256"] == before_sha
