@@ -110,8 +110,12 @@ class LabelStudioFixture:
             page += 1
 
     def annotations(self, task: int) -> list[dict]:
-        """Return a task's annotations."""
-        return self.api("GET", f"/api/tasks/{task}/annotations/")
+        """Return all of a task's annotations, skipped ones (``was_cancelled``) included.
+
+        Read from ``GET /api/tasks/{id}``: ``GET /api/tasks/{id}/annotations/`` leaves out
+        cancelled annotations.
+        """
+        return self.api("GET", f"/api/tasks/{task}")["annotations"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,411 @@
+"""SIMULATED annotators: ``hitl annotate-sim``.
+
+This is not a person. It plays a labeling workforce for demos and tests: it lists the open
+(not yet annotated) tasks of a Label Studio project through the same REST API the Label Studio
+UI uses, and answers each with the TRUE boxes of that task's image, read from a COCO "truth"
+file, with mistakes at a chosen rate (a missed box, a wrong class or a jittered box) and a
+chosen delay per task. Every submission is written to a JSON log so that tests can compare
+what Label Studio holds with what was sent.
+
+A task is mapped to its truth through its data key ``hitl_image_id`` (our own image id, put
+there by the submit operator) or ``image_id``. Plain Python: no Airflow import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import random
+import string
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import requests
+
+log = logging.getLogger(__name__)
+
+MISTAKE_KINDS = ("missed", "wrong_class", "jitter")
+PAGE_SIZE = 100
+
+
+class SimulatorError(RuntimeError):
+    """The simulated annotators could not talk to Label Studio."""
+
+
+def _truth_index(truth: dict) -> tuple[dict[int, dict], dict[int, list[dict]], dict[int, str]]:
+    images = {int(im["id"]): im for im in truth.get("images", [])}
+    boxes: dict[int, list[dict]] = {}
+    for ann in truth.get("annotations", []):
+        boxes.setdefault(int(ann["image_id"]), []).append(ann)
+    categories = {int(c["id"]): str(c["name"]) for c in truth.get("categories", [])}
+    return images, boxes, categories
+
+
+def _region_id(rng: random.Random) -> str:
+    return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(10))
+
+
+def to_rectangle(bbox: list[float], label: str, width: int, height: int, rng: random.Random,
+                 *, from_name: str = "label", to_name: str = "image") -> dict:
+    """Convert a COCO pixel box ``[x, y, w, h]`` to a Label Studio RectangleLabels region.
+
+    Label Studio stores percent of the image, top-left corner, with the original size.
+    """
+    x, y, w, h = (float(v) for v in bbox)
+    return {
+        "id": _region_id(rng),
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "rectanglelabels",
+        "origin": "manual",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {
+            "x": 100.0 * x / width,
+            "y": 100.0 * y / height,
+            "width": 100.0 * w / width,
+            "height": 100.0 * h / height,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
+
+
+def from_rectangle(region: dict) -> tuple[list[float], str]:
+    """Convert a RectangleLabels region back to a COCO pixel box and its label."""
+    value = region["value"]
+    width, height = float(region["original_width"]), float(region["original_height"])
+    bbox = [value["x"] * width / 100.0, value["y"] * height / 100.0,
+            value["width"] * width / 100.0, value["height"] * height / 100.0]
+    return bbox, value["rectanglelabels"][0]
+
+
+def _jitter(bbox: list[float], width: int, height: int, rng: random.Random) -> list[float]:
+    """Move and resize a box by 15-35 % of its size, kept inside the image."""
+    x, y, w, h = (float(v) for v in bbox)
+    sign = lambda: rng.choice((-1.0, 1.0))  # noqa: E731
+    dx, dy = sign() * rng.uniform(0.15, 0.35) * w, sign() * rng.uniform(0.15, 0.35) * h
+    nw = max(1.0, w * (1.0 + sign() * rng.uniform(0.15, 0.35)))
+    nh = max(1.0, h * (1.0 + sign() * rng.uniform(0.15, 0.35)))
+    nx = min(max(0.0, x + dx), max(0.0, width - nw))
+    ny = min(max(0.0, y + dy), max(0.0, height - nh))
+    return [round(nx, 3), round(ny, 3), round(min(nw, width), 3), round(min(nh, height), 3)]
+
+
+def plan_annotation(image: dict, truth_boxes: list[dict], categories: dict[int, str],
+                    rng: random.Random, accuracy: float) -> tuple[list[dict], list[dict]]:
+    """Decide which boxes a simulated annotator submits for one image.
+
+    Each true box is a mistake with probability ``1 - accuracy``: missed, given a wrong class
+    (when there is more than one class) or jittered, chosen uniformly.
+
+    :return: ``(boxes, mistakes)``; a box is ``{"bbox", "category", "truth_id"}`` in pixels.
+    """
+    boxes, mistakes = [], []
+    for ann in truth_boxes:
+        bbox = [float(v) for v in ann["bbox"]]
+        category = categories[int(ann["category_id"])]
+        if rng.random() < 1.0 - accuracy:
+            kinds = [k for k in MISTAKE_KINDS if k != "wrong_class" or len(categories) > 1]
+            kind = rng.choice(kinds)
+            mistake = {"kind": kind, "truth_id": ann.get("id"), "truth_bbox": bbox,
+                       "truth_category": category}
+            if kind == "wrong_class":
+                category = rng.choice(sorted(c for c in categories.values() if c != category))
+                mistake["category"] = category
+            elif kind == "jitter":
+                bbox = _jitter(bbox, int(image["width"]), int(image["height"]), rng)
+                mistake["bbox"] = bbox
+            mistakes.append(mistake)
+            if kind == "missed":
+                continue
+        boxes.append({"bbox": bbox, "category": category, "truth_id": ann.get("id")})
+    return boxes, mistakes
+
+
+class _Client:
+    """The few Label Studio calls the simulated annotators make (plain HTTP)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Token {token}"}
+        self.local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+            session.headers.update(self.headers)
+        return session
+
+    def open_tasks(self, project: int) -> list[dict]:
+        """Return the project's tasks that have neither an annotation nor a skip (all pages)."""
+        filters = {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "equal",
+             "type": "Number", "value": 0},
+            {"filter": "filter:tasks:cancelled_annotations", "operator": "equal",
+             "type": "Number", "value": 0},
+        ]}
+        query = json.dumps({"filters": filters})
+        found: list[dict] = []
+        page = 1
+        while True:
+            response = self.session.get(
+                f"{self.url}/api/tasks/", timeout=60,
+                params={"project": project, "page": page, "page_size": PAGE_SIZE,
+                        "query": query},
+            )
+            if response.status_code == 404:  # a page past the end
+                break
+            if response.status_code >= 400:
+                raise SimulatorError(
+                    f"listing tasks of project {project}: HTTP {response.status_code}: "
+                    f"{response.text[:300]}"
+                )
+            data = response.json()
+            batch = data.get("tasks", []) if isinstance(data, dict) else data
+            found.extend(batch)
+            if len(batch) < PAGE_SIZE:
+                break
+            page += 1
+        # The server filter is an optimisation; the counts on each task are the rule.
+        return [t for t in found if not t.get("total_annotations")
+                and not t.get("cancelled_annotations")]
+
+    def annotate(self, task_id: int, result: list[dict], *, cancelled: bool,
+                 lead_time: float) -> dict:
+        response = self.session.post(
+            f"{self.url}/api/tasks/{task_id}/annotations/", timeout=60,
+            json={"result": result, "was_cancelled": cancelled, "lead_time": lead_time},
+        )
+        if response.status_code >= 400:
+            raise SimulatorError(
+                f"annotating task {task_id}: HTTP {response.status_code}: {response.text[:300]}"
+            )
+        return response.json()
+
+
+def simulate(
+    url: str,
+    token: str,
+    project: int,
+    truth: dict,
+    *,
+    accuracy: float = 1.0,
+    latency: float = 0.0,
+    workers: int = 1,
+    until_empty: bool = False,
+    seed: int = 0,
+    skip_rate: float = 0.0,
+    timeout: float = 600.0,
+    stop_event: threading.Event | None = None,
+    max_tasks: int | None = None,
+    poll: float = 1.0,
+    log_path: Path | str | None = None,
+) -> dict:
+    """Label a project's open tasks as a SIMULATED workforce; return a summary with every entry.
+
+    :param url: Label Studio base URL.
+    :param token: API token.
+    :param project: project id.
+    :param truth: COCO dict with the true boxes (``images``, ``annotations``, ``categories``).
+    :param accuracy: probability that a true box is submitted unchanged.
+    :param latency: mean seconds per task before submitting (jitter 0.5-1.5x, seeded).
+    :param workers: simulated annotators working in parallel (threads).
+    :param until_empty: keep polling until no open task remains and at least one task was seen
+        (or ``timeout``); otherwise one pass over the tasks open now.
+    :param seed: makes mistakes, skips and delays reproducible per task.
+    :param skip_rate: fraction of tasks skipped (``was_cancelled: true``).
+    :param timeout: overall seconds.
+    :param stop_event: set it to stop early (between tasks and during delays).
+    :param max_tasks: stop after this many tasks.
+    :param poll: seconds between polls with ``until_empty``.
+    :param log_path: write the summary JSON there too.
+    :return: ``{"simulated": True, "project", "tasks_seen", "annotated", "skipped",
+        "boxes_truth", "boxes_submitted", "mistakes": {kind: n}, "errors", "timed_out",
+        "elapsed_s", "entries": [...]}``; an entry is ``{"task_id", "image_id",
+        "annotation_id", "skipped", "boxes": [{"bbox", "category", "truth_id"}], "mistakes",
+        "delay_s"}``.
+    """
+    if not 0.0 <= accuracy <= 1.0 or not 0.0 <= skip_rate <= 1.0:
+        raise ValueError("accuracy and skip_rate must be within [0, 1]")
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    images, truth_boxes, categories = _truth_index(truth)
+    client = _Client(url, token)
+    stop = stop_event or threading.Event()
+    began = time.monotonic()
+    deadline = began + timeout
+    entries: list[dict] = []
+    errors: list[dict] = []
+    claimed: set[int] = set()
+    lock = threading.Lock()
+    work: queue.Queue[dict | None] = queue.Queue()
+    log.info("SIMULATED annotators (%s worker(s), accuracy %.2f, latency %.1f s) labeling "
+             "project %s at %s", workers, accuracy, latency, project, client.url)
+
+    def handle(task: dict) -> None:
+        task_id = int(task["id"])
+        rng = random.Random(f"{seed}:{task_id}")
+        data = task.get("data") or {}
+        raw_id = data.get("hitl_image_id", data.get("image_id"))
+        try:
+            image_id = int(raw_id)
+        except (TypeError, ValueError):
+            image_id = None
+        if image_id is None or image_id not in images:
+            with lock:
+                errors.append({"task_id": task_id, "error": f"no truth for image id {raw_id!r}"})
+            log.warning("SIMULATED annotator: task %s has no truth (image id %r): left open",
+                        task_id, raw_id)
+            return
+        delay = latency * rng.uniform(0.5, 1.5) if latency > 0 else 0.0
+        skipped = rng.random() < skip_rate
+        image = images[image_id]
+        boxes, mistakes = ([], []) if skipped else plan_annotation(
+            image, truth_boxes.get(image_id, []), categories, rng, accuracy)
+        if delay and stop.wait(min(delay, max(0.0, deadline - time.monotonic()))):
+            return
+        result = [to_rectangle(b["bbox"], b["category"], int(image["width"]),
+                               int(image["height"]), rng) for b in boxes]
+        try:
+            created = client.annotate(task_id, result, cancelled=skipped, lead_time=delay)
+        except (SimulatorError, requests.RequestException) as exc:
+            with lock:
+                errors.append({"task_id": task_id, "error": str(exc)})
+            log.warning("SIMULATED annotator: task %s failed: %s", task_id, exc)
+            return
+        entry = {"task_id": task_id, "image_id": image_id, "annotation_id": created.get("id"),
+                 "skipped": skipped, "boxes": boxes, "mistakes": mistakes,
+                 "delay_s": round(delay, 3)}
+        with lock:
+            entries.append(entry)
+        log.info("SIMULATED annotator: task %s (image %s): %s, %d box(es), %d mistake(s)",
+                 task_id, image_id, "skipped" if skipped else "annotated", len(boxes),
+                 len(mistakes))
+
+    def worker() -> None:
+        while True:
+            task = work.get()
+            try:
+                if task is None:
+                    return
+                if not stop.is_set() and time.monotonic() < deadline:
+                    handle(task)
+            except Exception as exc:  # keep the other workers going; report it
+                with lock:
+                    errors.append({"task_id": task.get("id") if task else None,
+                                   "error": repr(exc)})
+                log.exception("SIMULATED annotator crashed on a task")
+            finally:
+                work.task_done()
+
+    threads = [threading.Thread(target=worker, name=f"sim-annotator-{i}", daemon=True)
+               for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    timed_out = False
+    try:
+        while not stop.is_set():
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            open_tasks = [t for t in client.open_tasks(project) if int(t["id"]) not in claimed]
+            if max_tasks is not None:
+                open_tasks = open_tasks[: max(0, max_tasks - len(claimed))]
+            for task in open_tasks:
+                claimed.add(int(task["id"]))
+                work.put(task)
+            work.join()
+            if max_tasks is not None and len(claimed) >= max_tasks:
+                break
+            if not until_empty:
+                break
+            if not open_tasks and claimed:
+                # Tasks left open after an error are claimed: they do not keep us polling.
+                break
+            stop.wait(poll if not open_tasks else 0.0)
+    finally:
+        for _ in threads:
+            work.put(None)
+        for thread in threads:
+            thread.join(timeout=60)
+    entries.sort(key=lambda e: e["task_id"])
+    mistakes = Counter(m["kind"] for e in entries for m in e["mistakes"])
+    summary = {
+        "simulated": True,
+        "project": project,
+        "accuracy": accuracy,
+        "skip_rate": skip_rate,
+        "seed": seed,
+        "tasks_seen": len(claimed),
+        "annotated": sum(1 for e in entries if not e["skipped"]),
+        "skipped": sum(1 for e in entries if e["skipped"]),
+        "boxes_truth": sum(len(truth_boxes.get(e["image_id"], [])) for e in entries
+                           if not e["skipped"]),
+        "boxes_submitted": sum(len(e["boxes"]) for e in entries),
+        "mistakes": {kind: mistakes.get(kind, 0) for kind in MISTAKE_KINDS},
+        "errors": errors,
+        "timed_out": timed_out,
+        "elapsed_s": round(time.monotonic() - began, 3),
+        "entries": entries,
+    }
+    log.info("SIMULATED annotators done: %d annotated, %d skipped, %d error(s) in %.1f s",
+             summary["annotated"], summary["skipped"], len(errors), summary["elapsed_s"])
+    if log_path is not None:
+        from hitl_plugin.schemas import write_json_atomic
+
+        write_json_atomic(log_path, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None, prog: str = "hitl annotate-sim") -> int:
+    """Run ``hitl annotate-sim``; print the summary (without entries) as JSON."""
+    import os
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="SIMULATED annotators (not people): label the open tasks of a Label Studio "
+        "project with the true boxes from a COCO truth file, with mistakes at rate 1-ACCURACY.",
+    )
+    parser.add_argument("--url", default=os.environ.get("HITL_LS_URL", "http://127.0.0.1:8081"))
+    parser.add_argument("--token", default=None,
+                        help="API token (default HITL_LS_TOKEN or the embedded server's)")
+    parser.add_argument("--project", type=int, required=True)
+    parser.add_argument("--truth", type=Path, required=True, help="COCO JSON with the true boxes")
+    parser.add_argument("--accuracy", type=float, default=1.0)
+    parser.add_argument("--latency", type=float, default=0.0, help="mean seconds per task")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--until-empty", action="store_true",
+                        help="keep polling until no open task remains")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-rate", type=float, default=0.0)
+    parser.add_argument("--max-tasks", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--log", type=Path, default=None, help="write every submission here")
+    args = parser.parse_args(argv)
+    if args.token is None:
+        from hitl_plugin.labeling.server import default_token
+
+        args.token = default_token()
+    truth = json.loads(args.truth.read_text())
+    try:
+        summary = simulate(
+            args.url, args.token, args.project, truth, accuracy=args.accuracy,
+            latency=args.latency, workers=args.workers, until_empty=args.until_empty,
+            seed=args.seed, skip_rate=args.skip_rate, timeout=args.timeout,
+            max_tasks=args.max_tasks, log_path=args.log,
+        )
+    except (SimulatorError, requests.RequestException) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in summary.items() if k != "entries"}, indent=1))
+    failed = summary["errors"] or (args.until_empty and summary["timed_out"])
+    return 1 if failed else 0
