@@ -52,6 +52,48 @@ NETWORK_MARKERS = (
 )
 
 
+#: Run by :meth:`LabelStudioServer.stop_with_process` in its own small process: when the
+#: watched process is gone (even killed with SIGKILL), stop the server named in the PID file.
+_WATCHDOG = """
+import json, os, signal, sys, time
+watched, pid_file = int(sys.argv[1]), sys.argv[2]
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    except (PermissionError, OSError, IndexError):
+        return True
+while alive(watched):
+    time.sleep(1.0)
+try:
+    with open(pid_file) as fh:
+        pid = json.load(fh)["pid"]
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        if b"label" not in fh.read():
+            sys.exit(0)
+except (OSError, ValueError, KeyError, TypeError):
+    sys.exit(0)
+for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    end = time.monotonic() + wait
+    while alive(pid) and time.monotonic() < end:
+        time.sleep(0.2)
+    if not alive(pid):
+        break
+try:
+    os.unlink(pid_file)
+except OSError:
+    pass
+"""
+
+
 class LabelStudioError(RuntimeError):
     """Label Studio could not be started, stopped or reached."""
 
@@ -372,6 +414,20 @@ class LabelStudioServer:
                     f"status {code}); last log lines ({self.log_file}):\n{self.log_tail()}"
                 )
             time.sleep(0.5)
+
+    def stop_with_process(self, pid: int | None = None) -> subprocess.Popen:
+        """Stop the server when process ``pid`` (default: this one) ends, however it ends.
+
+        The server runs in its own session so that a Ctrl-C in a terminal does not kill it;
+        tests use this so that a test run killed by ``timeout`` or SIGKILL leaves no server
+        behind. Spawns a small watchdog process; it stops whatever server the PID file names
+        at that moment (so a restart in between is covered) and then exits.
+        """
+        return subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(pid or os.getpid()), str(self.pid_file)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def stop(self, grace: float = 20.0) -> bool:
         """Stop the server (SIGTERM to its process group, SIGKILL after ``grace`` seconds).

@@ -152,10 +152,13 @@ def _pristine_data_dir(executable: Path, probe: LabelStudioServer) -> Path | Non
         server = LabelStudioServer(data_dir=build / "data", document_root=build / "root",
                                    port=free_port(), username=probe.username,
                                    password=probe.password, token=probe.token)
+        watchdog = server.stop_with_process()
         try:
             server.start(timeout=240)
         finally:
             server.stop()
+            watchdog.kill()
+            watchdog.wait(timeout=10)
         cache.mkdir()
         shutil.copytree(build / "data", cache / "data",
                         ignore=shutil.ignore_patterns("labelstudio.pid", "labelstudio.log"))
@@ -198,6 +201,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
             if "already in use" not in str(exc) or attempt == 2:
                 pytest.fail(f"Label Studio did not start: {exc}", pytrace=False)
     assert server is not None
+    # Even if this test run is killed (timeout, SIGKILL), the server does not outlive it.
+    watchdog = server.stop_with_process()
     fixture = LabelStudioFixture(
         url=server.url, token=server.token, root=root, data_dir=server.data_dir, server=server,
         start_seconds=time.monotonic() - began, from_pristine_copy=pristine is not None,
@@ -207,6 +212,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
     finally:
         fixture.session.close()
         server.stop()
+        watchdog.kill()
+        watchdog.wait(timeout=10)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -136,3 +137,27 @@ def test_restart_keeps_data_and_token_and_a_wrong_token_is_reported(label_studio
     titles = {p["id"]: p["title"] for p in label_studio.api("GET", "/api/projects")["results"]}
     assert titles[project] == "survives restart"
     assert restart_s < 60
+
+
+def test_watchdog_stops_the_server_when_its_owner_is_killed(tmp_path):
+    # A stand-in for the server process (its command line names Label Studio, as the real
+    # one's does), and an owner process that is killed with SIGKILL: no finalizer runs.
+    fake = subprocess.Popen(["bash", "-c", "exec -a label-studio-standin sleep 300"],
+                            start_new_session=True)
+    owner = subprocess.Popen(["sleep", "300"])
+    server = LabelStudioServer(data_dir=tmp_path, document_root=tmp_path, port=free_port())
+    server.pid_file.write_text(json.dumps({"pid": fake.pid, "port": server.port}))
+    watchdog = server.stop_with_process(owner.pid)
+    try:
+        time.sleep(1.5)
+        assert fake.poll() is None  # the owner lives: the server stays
+        owner.kill()
+        owner.wait()
+        fake.wait(timeout=15)
+        watchdog.wait(timeout=15)
+        assert not server.pid_file.exists()
+    finally:
+        for process in (fake, owner, watchdog):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
