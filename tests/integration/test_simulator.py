@@ -142,6 +142,8 @@ def test_simulator_annotates_every_task_and_label_studio_holds_what_it_sent(
     assert summary["boxes_submitted"] == summary["boxes_truth"] == len(truth["annotations"])
     assert summary["mistakes"] == {"missed": 0, "wrong_class": 0, "jitter": 0}
     assert json.loads(log_path.read_text()) == summary
+    delays = [e["delay_s"] for e in summary["entries"]]
+    assert all(0.025 <= d <= 0.075 for d in delays) and len(set(delays)) > 1  # seeded jitter
     held = held_by_label_studio(label_studio, project)
     assert len(held) == 12
     truth_by_image = {}
@@ -229,6 +231,12 @@ def test_stop_event_and_timeout_end_the_simulation(label_studio):
     assert time.monotonic() - began < 10
     assert summary["entries"] == []
     assert all(not t["total_annotations"] for t in label_studio.tasks(project))
+
+    # --max-tasks: one task done, the other left open.
+    partial = simulate(label_studio.url, label_studio.token, project, truth, max_tasks=1,
+                       until_empty=True, timeout=60)
+    assert partial["tasks_seen"] == partial["annotated"] == 1
+    assert sorted(t["total_annotations"] for t in label_studio.tasks(project)) == [0, 1]
 
     empty = label_studio.new_project("sim empty")
     began = time.monotonic()
