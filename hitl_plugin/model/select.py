@@ -1,0 +1,268 @@
+"""Choose the images people see this round: budgeted, per-class quotas, a random audit.
+
+Input is the scores JSONL of :mod:`hitl_plugin.model.score`; output a
+:class:`~hitl_plugin.schemas.SelectionManifest` (``selection.json`` in the round folder).
+
+**Budget.** ``budget`` (argument) else ``selection.budget`` else ``round(budget_fraction x
+number of train + pool images)``, capped by the number of scored images.
+
+**Strategies** (``selection.strategy`` unless overridden):
+
+- ``label_error``: labeled (train) images by ``label_error_score``, highest first.
+- ``uncertainty``: pool images by ``uncertainty[selection.uncertainty]``, highest first;
+  when the pool runs out, labeled images by the same measure.
+- ``hybrid``: ``round(pool_share x n)`` pool images by uncertainty and the rest labeled
+  images by label-error score (``n`` = budget minus the audit); a side that runs short
+  leaves its places to the other.
+- ``random``: the whole budget drawn uniformly from train + pool (reason ``audit``; no
+  quotas: it is the baseline).
+
+**Audit.** ``round(audit_fraction x budget)`` images are drawn uniformly from the images the
+scores did not choose (the random audit Amazon A2I offers): it measures what the scores miss.
+
+**Per-class quotas.** ``per_class_quota`` maps a category *name* to a minimum number of
+selected images containing it. An image contains a class when one of its labels has it
+(train images) or one of its predictions at or above ``selection.conf`` has it (pool
+images: they have no labels). After the ranked fill, each class short of its quota (in name
+order) takes the best-ranked unselected images containing it; each displaces the
+lowest-ranked ranked pick whose removal breaks no quota already met. Such images have
+reason ``quota``. A budget too small for every quota is filled as far as it goes, and the
+shortfall is logged.
+
+**Determinism.** Ties break by image id; the random draws use ``random.Random(seed)`` over
+images sorted by id, so the same scores and seed give the same manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hitl_plugin.config import SelectionConfig
+from hitl_plugin.schemas import (
+    Category,
+    ImageScore,
+    SelectedSample,
+    SelectionManifest,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("hybrid", "label_error", "uncertainty", "random")
+SELECTION_FILE = "selection.json"
+
+
+@dataclass
+class _Row:
+    image_id: int
+    split: str
+    label_error: float
+    uncertainty: float
+    classes: frozenset[int] = field(default_factory=frozenset)
+
+
+def _iter_scores(path: str | os.PathLike[str]) -> Iterator[ImageScore]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield ImageScore.model_validate(json.loads(line))
+
+
+def resolve_budget(
+    selection: SelectionConfig, n_images: int, budget: int | float | None = None
+) -> int:
+    """The number of images to select.
+
+    :param budget: a count, or a fraction in (0, 1) of ``n_images``; None: the config's.
+    """
+    if budget is None:
+        budget = selection.budget
+    if budget is None:
+        value = round(selection.budget_fraction * n_images)
+    elif isinstance(budget, float) and 0.0 < budget < 1.0:
+        value = round(budget * n_images)
+    else:
+        value = int(budget)
+    if value < 0:
+        raise ValueError(f"budget must be >= 0, got {budget!r}")
+    return min(value, n_images)
+
+
+def _ranked(rows: list[_Row], key: str) -> list[_Row]:
+    return sorted(rows, key=lambda r: (-getattr(r, key), r.image_id))
+
+
+def select_samples(
+    scores_path: str | os.PathLike[str],
+    coco: dict,
+    *,
+    selection: SelectionConfig,
+    dag_id: str,
+    run_id: str,
+    dataset: str,
+    version: str,
+    model_version: str,
+    budget: int | float | None = None,
+    strategy: str | None = None,
+    seed: int | None = None,
+) -> SelectionManifest:
+    """Select the round's images from a scores file.
+
+    :param scores_path: JSONL of :class:`ImageScore` (from ``score_images``).
+    :param coco: the dataset version scored (image sizes, file names, labels, categories).
+    :param selection: the pipeline's selection settings.
+    :param budget: overrides the config: a count, or a fraction in (0, 1).
+    :param strategy: overrides ``selection.strategy``.
+    :param seed: overrides ``selection.seed`` (audit draw, random strategy).
+    :return: the manifest (not yet written: see :func:`write_selection`).
+    """
+    strategy = strategy or selection.strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    seed = selection.seed if seed is None else int(seed)
+    rng = random.Random(seed)
+    images = {img["id"]: img for img in coco["images"]}
+    label_classes: dict[int, set[int]] = {}
+    for ann in coco.get("annotations", []):
+        label_classes.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    name_to_id = {c["name"]: c["id"] for c in coco["categories"]}
+    unknown = sorted(set(selection.per_class_quota) - set(name_to_id))
+    if unknown:
+        raise ValueError(f"per_class_quota names unknown categories: {', '.join(unknown)}")
+    quota = {name_to_id[n]: q for n, q in sorted(selection.per_class_quota.items()) if q > 0}
+
+    rows: list[_Row] = []
+    for rec in _iter_scores(scores_path):
+        if rec.image_id not in images:
+            raise ValueError(f"{scores_path}: image id {rec.image_id} is not in version {version}")
+        if rec.split == "train":
+            classes = frozenset(label_classes.get(rec.image_id, ()))
+        else:
+            classes = frozenset(p.category_id for p in rec.predictions
+                                if p.score >= selection.conf)
+        rows.append(_Row(rec.image_id, rec.split, rec.label_error_score,
+                         float(rec.uncertainty.get(selection.uncertainty, 0.0)), classes))
+    rows.sort(key=lambda r: r.image_id)
+    n_images = sum(1 for img in coco["images"]
+                   if img.get("hitl_split", "train") in ("train", "pool"))
+    total = resolve_budget(selection, n_images, budget)
+    total = min(total, len(rows))
+
+    train = [r for r in rows if r.split == "train"]
+    pool = [r for r in rows if r.split == "pool"]
+    picks: list[tuple[_Row, str, float]] = []  # (row, reason, score), in rank order
+    if strategy == "random":
+        for r in rng.sample(rows, total):
+            picks.append((r, "audit", r.label_error if r.split == "train" else r.uncertainty))
+        n_audit = total
+    else:
+        n_audit = min(round(selection.audit_fraction * total), total)
+        n_ranked = total - n_audit
+        by_error = [(r, "label_error", r.label_error) for r in _ranked(train, "label_error")]
+        by_unc = [(r, "uncertainty", r.uncertainty) for r in _ranked(pool, "uncertainty")]
+        if strategy == "label_error":
+            queue = by_error
+        elif strategy == "uncertainty":
+            queue = by_unc + [(r, "uncertainty", r.uncertainty)
+                              for r in _ranked(train, "uncertainty")]
+        else:  # hybrid
+            n_pool = min(round(selection.pool_share * n_ranked), len(by_unc))
+            n_train = min(n_ranked - n_pool, len(by_error))
+            n_pool = min(n_ranked - n_train, len(by_unc))
+            queue = by_unc[:n_pool] + by_error[:n_train] + by_error[n_train:] + by_unc[n_pool:]
+            queue = queue[:n_pool + n_train] + sorted(
+                queue[n_pool + n_train:], key=lambda t: (-t[2], t[0].image_id))
+        picks = queue[:n_ranked]
+        rest = queue[n_ranked:]
+        if quota:
+            picks = _apply_quotas(picks, rest, quota)
+        chosen = {r.image_id for r, _, _ in picks}
+        unchosen = [r for r in rows if r.image_id not in chosen]
+        for r in rng.sample(unchosen, min(n_audit, len(unchosen))):
+            picks.append((r, "audit", r.label_error if r.split == "train" else r.uncertainty))
+    if quota:
+        got = Counter(c for r, _, _ in picks for c in r.classes)
+        short = {c: q - got[c] for c, q in quota.items() if got[c] < q}
+        if short:
+            log.warning("per-class quotas not met within budget %s: short by %s", total, short)
+
+    # Second pass over the file: only the chosen images' suspicions and boxes are kept.
+    wanted = {r.image_id: (reason, score) for r, reason, score in picks}
+    details: dict[int, ImageScore] = {}
+    for rec in _iter_scores(scores_path):
+        if rec.image_id in wanted:
+            details[rec.image_id] = rec
+    items = []
+    for r, reason, score in picks:
+        img, rec = images[r.image_id], details[r.image_id]
+        items.append(SelectedSample(
+            image_id=r.image_id, file_name=img["file_name"], width=int(img["width"]),
+            height=int(img["height"]), split=r.split, reason=reason, score=round(score, 6),
+            suspicions=rec.suspicions, predictions=rec.predictions))
+    manifest = SelectionManifest(
+        dag_id=dag_id, run_id=run_id, dataset=dataset, version=version,
+        model_version=model_version,
+        categories=[Category(id=c["id"], name=c["name"])
+                    for c in sorted(coco["categories"], key=lambda c: c["id"])],
+        strategy=strategy, budget=total, seed=seed, items=items)
+    log.info("selected %s of %s images (%s): %s", len(items), len(rows), strategy,
+             dict(Counter(i.reason for i in items)))
+    return manifest
+
+
+def _apply_quotas(
+    picks: list[tuple[_Row, str, float]],
+    rest: list[tuple[_Row, str, float]],
+    quota: dict[int, int],
+) -> list[tuple[_Row, str, float]]:
+    picks = list(picks)
+    counts = Counter(c for r, _, _ in picks for c in r.classes)
+    met: set[int] = set()
+    for cls in sorted(quota):
+        for cand in rest:
+            if counts[cls] >= quota[cls]:
+                break
+            row = cand[0]
+            if cls not in row.classes or any(p[0].image_id == row.image_id for p in picks):
+                continue
+            victim = None
+            for k in range(len(picks) - 1, -1, -1):
+                r, reason, _ = picks[k]
+                if reason == "quota" or cls in r.classes:
+                    continue
+                if any(counts[c] - 1 < quota[c] for c in r.classes if c in met):
+                    continue
+                victim = k
+                break
+            if victim is None:
+                break
+            for c in picks[victim][0].classes:
+                counts[c] -= 1
+            del picks[victim]
+            picks.append((row, "quota", cand[2]))
+            for c in row.classes:
+                counts[c] += 1
+        met.add(cls)
+    return picks
+
+
+def write_selection(manifest: SelectionManifest, round_dir: str | os.PathLike[str]) -> Path:
+    """Write ``selection.json`` into the round folder (atomically); return its path."""
+    return write_json_atomic(Path(round_dir) / SELECTION_FILE, manifest)
+
+
+def batches(n_items: int, batch_size: int, selection_path: str | os.PathLike[str]) -> list[dict]:
+    """The submit fan-out: ``[{"selection": path, "start": i, "stop": j}, ...]``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [
+        {"selection": str(selection_path), "start": i, "stop": min(i + batch_size, n_items)}
+        for i in range(0, n_items, batch_size)
+    ]

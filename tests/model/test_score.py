@@ -1,0 +1,210 @@
+"""Scoring: matching and uncertainty maths on hand-made boxes, then one small real model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hitl_plugin.config import SelectionConfig
+from hitl_plugin.model.score import (
+    aggregate,
+    find_suspicions,
+    iou_matrix,
+    score_record,
+    uncertainty_of,
+)
+from hitl_plugin.schemas import ImageScore, Suspicion
+
+CATS = [1, 2, 3]
+
+
+def lab(i, bbox, cls):
+    return {"id": i, "image_id": 1, "bbox": bbox, "category_id": cls}
+
+
+def pred(bbox, cls, score, probs=None):
+    if probs is None:
+        probs = [0.01] * 3
+        probs[CATS.index(cls)] = score
+    return {"bbox": bbox, "category_id": cls, "score": score, "class_probs": probs}
+
+
+def kinds(sus):
+    return sorted((s.kind, s.label_ann_id) for s in sus)
+
+
+# -- IoU and uncertainty ------------------------------------------------------------------
+
+
+def test_iou_matrix_values():
+    a = [[0, 0, 10, 10], [20, 20, 10, 10]]
+    b = [[0, 0, 10, 10], [5, 0, 10, 10], [100, 100, 1, 1]]
+    m = iou_matrix(a, b)
+    assert m.shape == (2, 3)
+    assert m[0, 0] == pytest.approx(1.0)
+    assert m[0, 1] == pytest.approx(50 / 150)
+    assert m[0, 2] == 0 and m[1, 0] == 0
+    assert iou_matrix([], b).shape == (0, 3)
+
+
+def test_uncertainty_measures_by_hand():
+    u = uncertainty_of([[0.9, 0.05, 0.05]])
+    assert u["least_confidence"] == pytest.approx(0.1)
+    assert u["margin"] == pytest.approx(1 - 0.85)
+    p = np.array([0.9, 0.05, 0.05]) / 1.0
+    h = -(p * np.log(p)).sum() / math.log(3)
+    assert u["entropy"] == pytest.approx(h, abs=1e-4)
+
+
+def test_uncertainty_normalizes_sigmoid_scores_for_entropy():
+    # Sigmoid scores need not sum to one: (0.4, 0.4, 0.0) is as ambiguous as (0.5, 0.5, 0)
+    a = uncertainty_of([[0.4, 0.4, 0.0]])
+    b = uncertainty_of([[0.5, 0.5, 0.0]])
+    assert a["entropy"] == pytest.approx(b["entropy"]) == pytest.approx(math.log(2) / math.log(3),
+                                                                          abs=1e-4)
+    assert a["margin"] == pytest.approx(1.0)
+    assert a["least_confidence"] == pytest.approx(0.6)
+
+
+def test_uncertainty_takes_most_doubtful_detection_and_no_detection_is_max():
+    u = uncertainty_of([[0.95, 0.0, 0.0], [0.3, 0.28, 0.0]])
+    assert u["least_confidence"] == pytest.approx(0.7)
+    assert u["margin"] == pytest.approx(0.98)
+    assert uncertainty_of([]) == {"least_confidence": 1.0, "margin": 1.0, "entropy": 1.0}
+    confident = uncertainty_of([[0.99, 0.001, 0.001]])
+    assert all(confident[k] < uncertainty_of([[0.5, 0.4, 0.1]])[k] for k in confident)
+
+
+# -- suspicions ---------------------------------------------------------------------------
+
+
+def test_clean_image_has_no_suspicion():
+    labels = [lab(1, [10, 10, 20, 20], 1), lab(2, [50, 50, 20, 20], 2)]
+    preds = [pred([10.5, 10, 20, 20], 1, 0.9), pred([50, 50, 21, 20], 2, 0.8),
+             pred([80, 80, 10, 10], 3, 0.1)]  # a weak box on nothing: below conf, not missing
+    assert find_suspicions(labels, preds, CATS) == []
+
+
+def test_each_kind_is_found_with_its_boxes():
+    labels = [
+        lab(1, [10, 10, 20, 20], 1),     # fine
+        lab(2, [50, 50, 20, 20], 2),     # the model sees class 1 here: class swap
+        lab(3, [100, 10, 20, 20], 1),    # nothing there: spurious
+        lab(4, [10, 100, 20, 20], 1),    # the object is shifted: bad box
+    ]
+    preds = [
+        pred([10, 10, 20, 20], 1, 0.9),
+        pred([50, 50, 20, 20], 1, 0.8, [0.8, 0.1, 0.02]),
+        pred([16, 106, 20, 20], 1, 0.85),
+        pred([150, 150, 20, 20], 2, 0.7),  # no label: missing
+    ]
+    sus = find_suspicions(labels, preds, CATS)
+    assert kinds(sus) == [("bad_box", 4), ("class_swap", 2), ("missing", None), ("spurious", 3)]
+    by = {s.kind: s for s in sus}
+    assert by["class_swap"].score == pytest.approx(0.8 * (1 - 0.1))
+    assert by["class_swap"].pred_category_id == 1 and by["class_swap"].label_category_id == 2
+    assert by["missing"].pred_bbox == [150, 150, 20, 20] and by["missing"].score == 0.7
+    assert by["spurious"].score == pytest.approx(1.0) and by["spurious"].pred_bbox is None
+    assert by["bad_box"].iou == pytest.approx(iou_matrix([[10, 100, 20, 20]],
+                                                         [[16, 106, 20, 20]])[0, 0], abs=1e-4)
+
+
+def test_class_swap_softened_when_model_also_likes_labeled_class():
+    labels = [lab(1, [10, 10, 20, 20], 2)]
+    sure = find_suspicions(labels, [pred([10, 10, 20, 20], 1, 0.9, [0.9, 0.02, 0.0])], CATS)
+    torn = find_suspicions(labels, [pred([10, 10, 20, 20], 1, 0.9, [0.9, 0.6, 0.0])], CATS)
+    assert sure[0].kind == torn[0].kind == "class_swap"
+    assert sure[0].score > torn[0].score
+
+
+def test_weak_support_prevents_spurious_and_low_conf_swap_is_not_a_swap():
+    labels = [lab(1, [10, 10, 20, 20], 1)]
+    # a weak (0.15) box of the labeled class: below conf but the label is supported
+    sus = find_suspicions(labels, [pred([10, 10, 20, 20], 1, 0.15)], CATS)
+    assert sus == []
+    # a weak box of another class does not make a class swap
+    sus = find_suspicions(labels, [pred([10, 10, 20, 20], 2, 0.1)], CATS)
+    assert [s.kind for s in sus] == ["spurious"]
+
+
+def test_bad_box_needs_same_class_and_matched_low_iou_box_is_bad_box():
+    labels = [lab(1, [10, 10, 20, 20], 1)]
+    # matched (IoU ~0.6 >= 0.5) but below bad_box_iou 0.75
+    sus = find_suspicions(labels, [pred([14, 10, 20, 20], 1, 0.9)], CATS)
+    assert [s.kind for s in sus] == ["bad_box"]
+    assert 0 < sus[0].score < 0.9
+    # a well-drawn box: nothing
+    assert find_suspicions(labels, [pred([11, 10, 20, 20], 1, 0.9)], CATS) == []
+    # shifted box of another class: the label is spurious and the box is missing
+    sus = find_suspicions(labels, [pred([18, 18, 20, 20], 2, 0.9)], CATS)
+    assert sorted(s.kind for s in sus) == ["missing", "spurious"]
+
+
+def test_duplicate_boxes_of_two_classes_do_not_make_missing():
+    labels = [lab(1, [10, 10, 20, 20], 1)]
+    preds = [pred([10, 10, 20, 20], 1, 0.9, [0.9, 0.4, 0.0]),
+             pred([10, 10, 20, 20], 2, 0.4, [0.9, 0.4, 0.0])]
+    assert find_suspicions(labels, preds, CATS) == []
+
+
+def test_aggregate_is_noisy_or():
+    s = [Suspicion(kind="missing", score=0.5), Suspicion(kind="spurious", score=0.5)]
+    assert aggregate(s) == pytest.approx(0.75)
+    assert aggregate([]) == 0.0
+    assert aggregate([Suspicion(kind="missing", score=0.9)]) > aggregate(s[:1])
+
+
+def test_score_record_pool_has_no_suspicions_and_keeps_confident_predictions():
+    sel = SelectionConfig()
+    img = {"id": 7, "file_name": "x.png", "width": 64, "height": 64, "hitl_split": "pool"}
+    preds = [pred([1, 1, 5, 5], 1, 0.9), pred([30, 30, 5, 5], 2, 0.1)]
+    rec = score_record(img, [], preds, CATS, sel)
+    assert rec.split == "pool" and rec.suspicions == [] and rec.label_error_score == 0.0
+    assert [p.score for p in rec.predictions] == [0.9]
+    assert rec.uncertainty["least_confidence"] == pytest.approx(0.1)
+    train = {**img, "hitl_split": "train"}
+    rec = score_record(train, [lab(1, [40, 40, 5, 5], 3)], preds, CATS, sel)
+    assert sorted(s.kind for s in rec.suspicions) == ["missing", "spurious"]
+    assert rec.label_error_score == pytest.approx(1 - (1 - 1.0) * (1 - 0.9))
+    assert ImageScore.model_validate_json(rec.model_dump_json()) == rec
+
+
+# -- streaming ----------------------------------------------------------------------------
+
+
+def test_predict_is_fed_a_list_file_not_a_python_list(tmp_path, monkeypatch):
+    """score_images hands Ultralytics one .txt path (streamed), never a list of paths."""
+    from hitl_plugin.model import score as score_mod
+
+    seen = {}
+
+    def fake_stream(checkpoint, list_file, **kw):
+        seen["arg"] = list_file
+        seen["lines"] = list_file.read_text().split()
+        for line in seen["lines"]:
+            yield line, [{"bbox": [1, 1, 4, 4], "cls": 0, "score": 0.9,
+                          "class_probs": [0.9, 0.0, 0.0]}]
+
+    monkeypatch.setattr(score_mod, "predict_stream", fake_stream)
+    root = tmp_path / "root"
+    (root / "images" / "d").mkdir(parents=True)
+    images = []
+    for i in range(1, 4):
+        (root / "images" / "d" / f"{i}.png").write_bytes(b"")
+        images.append({"id": i, "file_name": f"d/{i}.png", "width": 8, "height": 8,
+                       "hitl_split": "train" if i < 3 else "pool"})
+    coco = {"images": images, "annotations": [lab(1, [1, 1, 4, 4], 1)],
+            "categories": [{"id": c, "name": str(c)} for c in CATS]}
+    out = tmp_path / "scores.jsonl"
+    res = score_mod.score_images("m.pt", coco, root, out, selection=SelectionConfig(), imgsz=64)
+    assert isinstance(seen["arg"], type(out)) and seen["arg"].suffix == ".txt"
+    assert len(seen["lines"]) == 3 and all(line.endswith(".png") for line in seen["lines"])
+    assert not seen["arg"].exists()  # removed afterwards
+    assert res["n_images"] == 3 and res["scores"] == str(out)
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image_id"] for r in recs] == [1, 2, 3]
+    assert recs[1]["suspicions"][0]["kind"] == "missing"  # image 2 has no label
+    assert recs[0]["suspicions"] == []

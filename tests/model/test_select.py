@@ -1,0 +1,200 @@
+"""Budgeted selection on hand-made scores: budget, strategies, quotas, audit, determinism."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from hitl_plugin.config import SelectionConfig
+from hitl_plugin.model.select import batches, resolve_budget, select_samples, write_selection
+from hitl_plugin.schemas import ImageScore, Prediction, SelectionManifest
+
+CATS = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
+
+
+def make(tmp_path, n_train=40, n_pool=20, rare_every=10):
+    """Train images 1..n_train (label-error score falls with id), pool images after them
+    (uncertainty falls with id). Every ``rare_every``-th image holds a triangle."""
+    images, anns, lines = [], [], []
+    for i in range(1, n_train + n_pool + 1):
+        split = "train" if i <= n_train else "pool"
+        images.append({"id": i, "file_name": f"d/{split}/{i}.png", "width": 64, "height": 48,
+                       "hitl_split": split})
+        cls = 3 if i % rare_every == 0 else 1 + i % 2
+        preds = []
+        if split == "train":
+            anns.append({"id": i, "image_id": i, "category_id": cls, "bbox": [1, 1, 9, 9],
+                         "area": 81, "iscrowd": 0})
+        else:
+            preds = [Prediction(bbox=[1, 1, 9, 9], category_id=cls, score=0.8)]
+        rec = ImageScore(
+            image_id=i, split=split, n_labels=int(split == "train"),
+            label_error_score=(1.0 - i / 100) if split == "train" else 0.0,
+            uncertainty={"entropy": 1.0 - (i - n_train) / 100, "margin": 0.5,
+                         "least_confidence": 0.5},
+            predictions=preds)
+        lines.append(rec.model_dump_json())
+    coco = {"images": images, "annotations": anns, "categories": CATS}
+    path = tmp_path / "scores.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, coco
+
+
+def run(path, coco, **kw):
+    sel = kw.pop("selection", SelectionConfig(audit_fraction=0.0))
+    return select_samples(path, coco, selection=sel, dag_id="d", run_id="r", dataset="shapes",
+                          version="v0001", model_version="m1", **kw)
+
+
+def test_budget_count_fraction_and_config():
+    sel = SelectionConfig(budget_fraction=0.1)
+    assert resolve_budget(sel, 60) == 6
+    assert resolve_budget(sel, 60, 0.25) == 15
+    assert resolve_budget(sel, 60, 7) == 7
+    assert resolve_budget(sel, 60, 600) == 60
+    assert resolve_budget(SelectionConfig(budget=9), 60) == 9
+    assert resolve_budget(SelectionConfig(budget=9), 60, 4) == 4
+    with pytest.raises(ValueError):
+        resolve_budget(sel, 60, -1)
+
+
+def test_label_error_takes_top_train_images_by_score(tmp_path):
+    path, coco = make(tmp_path)
+    m = run(path, coco, budget=5, strategy="label_error")
+    assert [i.image_id for i in m.items] == [1, 2, 3, 4, 5]
+    assert {i.reason for i in m.items} == {"label_error"}
+    assert m.budget == 5 and m.strategy == "label_error"
+    assert m.items[0].file_name == "d/train/1.png" and m.items[0].width == 64
+
+
+def test_uncertainty_takes_pool_first(tmp_path):
+    path, coco = make(tmp_path)
+    m = run(path, coco, budget=4, strategy="uncertainty")
+    assert [i.image_id for i in m.items] == [41, 42, 43, 44]
+    assert all(i.split == "pool" and i.reason == "uncertainty" for i in m.items)
+    assert m.items[0].predictions[0].category_id == 2  # carried over as pre-annotations
+
+
+def test_uncertainty_falls_back_to_train_when_pool_runs_out(tmp_path):
+    path, coco = make(tmp_path, n_train=10, n_pool=3)
+    m = run(path, coco, budget=5, strategy="uncertainty")
+    assert Counter(i.split for i in m.items) == {"pool": 3, "train": 2}
+
+
+def test_hybrid_splits_by_pool_share_and_default_fraction(tmp_path):
+    path, coco = make(tmp_path)
+    sel = SelectionConfig(pool_share=0.3, audit_fraction=0.0, budget_fraction=0.1)
+    m = run(path, coco, selection=sel)  # 10% of 60 = 6: 2 pool + 4 train
+    assert m.budget == 6
+    assert Counter((i.split, i.reason) for i in m.items) == {
+        ("pool", "uncertainty"): 2, ("train", "label_error"): 4}
+    assert sorted(i.image_id for i in m.items) == [1, 2, 3, 4, 41, 42]
+
+
+def test_hybrid_side_running_short_leaves_places_to_other(tmp_path):
+    path, coco = make(tmp_path, n_train=20, n_pool=1)
+    sel = SelectionConfig(pool_share=0.5, audit_fraction=0.0)
+    m = run(path, coco, selection=sel, budget=6)
+    assert Counter(i.split for i in m.items) == {"pool": 1, "train": 5}
+
+
+def test_audit_fraction_draws_from_unselected(tmp_path):
+    path, coco = make(tmp_path)
+    sel = SelectionConfig(audit_fraction=0.2, strategy="label_error")
+    m = run(path, coco, selection=sel, budget=10)
+    reasons = Counter(i.reason for i in m.items)
+    assert reasons == {"label_error": 8, "audit": 2}
+    ranked = {i.image_id for i in m.items if i.reason == "label_error"}
+    assert ranked == set(range(1, 9))
+    audit = [i.image_id for i in m.items if i.reason == "audit"]
+    assert not set(audit) & ranked and len(set(audit)) == 2
+
+
+def test_same_seed_same_manifest_other_seed_other_audit(tmp_path):
+    path, coco = make(tmp_path)
+    sel = SelectionConfig(audit_fraction=0.5, strategy="label_error")
+    a = run(path, coco, selection=sel, budget=10, seed=1)
+    b = run(path, coco, selection=sel, budget=10, seed=1)
+    assert a.model_dump() == b.model_dump()
+    audits = {tuple(sorted(i.image_id for i in run(path, coco, selection=sel, budget=10,
+                                                   seed=s).items if i.reason == "audit"))
+              for s in range(2, 6)}
+    assert len(audits) > 1
+    assert run(path, coco, selection=sel, budget=10, seed=3).seed == 3
+
+
+def test_ties_break_by_image_id(tmp_path):
+    lines = [ImageScore(image_id=i, split="train", label_error_score=0.5).model_dump_json()
+             for i in (9, 3, 7, 1, 5)]
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join(lines))
+    coco = {"images": [{"id": i, "file_name": f"{i}.png", "width": 8, "height": 8}
+                       for i in (1, 3, 5, 7, 9)], "annotations": [], "categories": CATS}
+    assert [i.image_id for i in run(path, coco, budget=3, strategy="label_error").items] == [
+        1, 3, 5]
+
+
+def test_random_strategy_is_seeded(tmp_path):
+    path, coco = make(tmp_path)
+    a = run(path, coco, budget=6, strategy="random", seed=4)
+    assert {i.reason for i in a.items} == {"audit"} and len(a.items) == 6
+    assert a == run(path, coco, budget=6, strategy="random", seed=4)
+    assert a != run(path, coco, budget=6, strategy="random", seed=5)
+
+
+def test_per_class_quota_displaces_lowest_ranked(tmp_path):
+    path, coco = make(tmp_path, rare_every=10)  # triangles: train 10,20,30,40; pool 50,60
+    sel = SelectionConfig(strategy="label_error", audit_fraction=0.0,
+                          per_class_quota={"triangle": 3})
+    m = run(path, coco, selection=sel, budget=5)
+    ids = [i.image_id for i in m.items]
+    assert len(ids) == 5
+    # ranked picks were 1..5; none holds a triangle: the best-ranked triangle images
+    # (by label-error score: 10, 20, 30) displace 5, 4, 3
+    assert ids[:2] == [1, 2]
+    assert [(i.image_id, i.reason) for i in m.items[2:]] == [
+        (10, "quota"), (20, "quota"), (30, "quota")]
+
+
+def test_quota_counts_pool_images_by_predictions(tmp_path):
+    path, coco = make(tmp_path, rare_every=10)
+    sel = SelectionConfig(strategy="uncertainty", audit_fraction=0.0,
+                          per_class_quota={"triangle": 1})
+    m = run(path, coco, selection=sel, budget=3)  # pool 41, 42, 43 -> 50 displaces 43
+    assert [(i.image_id, i.reason) for i in m.items] == [
+        (41, "uncertainty"), (42, "uncertainty"), (50, "quota")]
+
+
+def test_quota_already_met_changes_nothing(tmp_path):
+    path, coco = make(tmp_path, rare_every=2)
+    sel = SelectionConfig(strategy="label_error", audit_fraction=0.0,
+                          per_class_quota={"triangle": 2})
+    m = run(path, coco, selection=sel, budget=5)
+    assert [i.image_id for i in m.items] == [1, 2, 3, 4, 5]
+
+
+def test_unknown_quota_class_and_strategy_raise(tmp_path):
+    path, coco = make(tmp_path)
+    with pytest.raises(ValueError, match="hexagon"):
+        run(path, coco, selection=SelectionConfig(per_class_quota={"hexagon": 1}), budget=3)
+    with pytest.raises(ValueError, match="strategy"):
+        run(path, coco, budget=3, strategy="best")
+
+
+def test_write_selection_and_batches(tmp_path):
+    path, coco = make(tmp_path)
+    m = run(path, coco, budget=7, strategy="label_error")
+    out = write_selection(m, tmp_path / "round")
+    assert out == tmp_path / "round" / "selection.json"
+    assert SelectionManifest.model_validate_json(out.read_text()) == m
+    assert batches(7, 3, out) == [
+        {"selection": str(out), "start": 0, "stop": 3},
+        {"selection": str(out), "start": 3, "stop": 6},
+        {"selection": str(out), "start": 6, "stop": 7},
+    ]
+    assert batches(0, 3, out) == []
+    json.dumps(batches(7, 3, out))  # XCom-safe
+    with pytest.raises(ValueError):
+        batches(7, 0, out)
