@@ -1,0 +1,526 @@
+"""``hitl synth``: a synthetic COCO-format detection dataset whose truth is known.
+
+Real COCO cannot be downloaded here, so the demo, the tests and the benchmarks use shapes
+(circle, square, triangle, ...) drawn on textured, noisy backgrounds. Colors are only
+loosely tied to the class, so a model has to learn shape. Every truth box is tight around
+the *visible* pixels of its shape, and a shape is only placed when no earlier shape ends
+up more than a third hidden by it (occlusion is computed on the drawn masks).
+
+Output layout (``DIR``)::
+
+    images/{train,val,pool}/000001.png      # COCO file_name is relative to DIR/images
+    annotations/train.json                  # labels with injected errors
+    annotations/train_truth.json            # clean labels of the same images
+    annotations/val.json                    # clean, held out
+    annotations/pool.json                   # images only ("annotations": [])
+    annotations/pool_truth.json
+    noise_report.json                       # every injected error, requested/realised rates
+
+Image ids are unique across splits (train first, then val, then pool); annotation ids are
+unique across all files. In ``train.json`` an annotation that is not an injected error has
+the same id, class and box as in ``train_truth.json``; a ``spurious`` one has a new id
+(larger than every truth id).
+
+The same arguments and seed give the same bytes in every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Class names in category-id order (id = index + 1).
+SHAPES: tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "ellipse",
+)
+KINDS: tuple[str, ...] = ("missing", "spurious", "class_swap", "bad_box")
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "pool")
+
+#: A shape is rejected if it would hide more than this fraction of an earlier one.
+MAX_OCCLUSION = 1.0 / 3.0
+#: Shape size (diameter of its bounding circle) as a fraction of the image side.
+MIN_SIZE, MAX_SIZE = 0.10, 0.50
+MIN_OBJECTS, MAX_OBJECTS = 1, 6
+#: IoU range of a ``bad_box`` with the truth box.
+BAD_BOX_IOU = (0.2, 0.6)
+#: A spurious box may overlap drawn shapes by at most this fraction of its pixels.
+SPURIOUS_MAX_COVER = 0.05
+
+#: Base colors (RGB). Each class prefers two of them, but half of all shapes get any color.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (220, 50, 40), (40, 160, 60), (50, 80, 210), (230, 200, 40),
+    (200, 60, 200), (40, 190, 200), (240, 140, 30), (235, 235, 235),
+)
+
+
+# -- geometry ------------------------------------------------------------------------------
+
+def _regular(n: int, radius: float, angle: float, inner: float | None = None) -> np.ndarray:
+    """Vertices of a regular polygon (or a star when ``inner`` is given), centered at 0."""
+    if inner is None:
+        t = angle + np.arange(n) * 2 * math.pi / n
+        return np.stack([np.cos(t), np.sin(t)], axis=1) * radius
+    t = angle + np.arange(2 * n) * math.pi / n
+    r = np.where(np.arange(2 * n) % 2 == 0, radius, radius * inner)
+    return np.stack([np.cos(t) * r, np.sin(t) * r], axis=1)
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def _outline(name: str, radius: float, angle: float, rng: np.random.Generator) -> np.ndarray:
+    """Polygon vertices (centered at 0) of a shape whose bounding circle has ``radius``."""
+    if name == "circle":
+        return _regular(48, radius, 0.0)
+    if name == "square":
+        return _regular(4, radius, angle)
+    if name == "triangle":
+        return _regular(3, radius, angle)
+    if name == "star":
+        return _regular(5, radius, angle, inner=float(rng.uniform(0.38, 0.5)))
+    if name == "hexagon":
+        return _regular(6, radius, angle)
+    if name == "cross":
+        a = radius / math.sqrt(1 + 0.35**2)  # arm half-length so the corners touch the circle
+        b = a * 0.35
+        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a],
+                        [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]])
+        return _rotate(pts, angle)
+    if name == "diamond":
+        pts = np.array([[radius, 0.0], [0.0, radius * 0.55], [-radius, 0.0], [0.0, -radius * 0.55]])
+        return _rotate(pts, angle)
+    if name == "ellipse":
+        t = np.arange(48) * 2 * math.pi / 48
+        pts = np.stack([np.cos(t) * radius, np.sin(t) * radius * float(rng.uniform(0.45, 0.62))],
+                       axis=1)
+        return _rotate(pts, angle)
+    raise ValueError(f"unknown shape {name!r}")
+
+
+def _mask(points: np.ndarray, cx: float, cy: float, size: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (size, size), 0)
+    xy = [(float(x + cx), float(y + cy)) for x, y in points]
+    ImageDraw.Draw(canvas).polygon(xy, fill=255)
+    return np.asarray(canvas) > 127
+
+
+def _tight_box(mask: np.ndarray) -> list[float] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    """IoU of two ``[x, y, w, h]`` boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+# -- one image -----------------------------------------------------------------------------
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Float RGB background: a base color, low-frequency texture, stripes or blotches."""
+    from PIL import Image
+
+    base = rng.uniform(40, 215, size=3)
+    img = np.empty((size, size, 3), dtype=np.float32)
+    img[:] = base
+    for cells, amp in ((int(rng.integers(3, 7)), rng.uniform(20, 55)),
+                       (int(rng.integers(10, 24)), rng.uniform(8, 25))):
+        grid = rng.uniform(0, 255, size=(cells, cells, 3)).astype(np.uint8)
+        up = np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC), np.float32)
+        img += (up - 127.5) / 127.5 * amp
+    if rng.random() < 0.35:  # faint stripes
+        period = rng.uniform(6, 20)
+        theta = rng.uniform(0, math.pi)
+        yy, xx = np.mgrid[0:size, 0:size]
+        wave = np.sin((xx * math.cos(theta) + yy * math.sin(theta)) * 2 * math.pi / period)
+        img += (wave * rng.uniform(8, 22))[..., None] * rng.uniform(0.5, 1.0, size=3)
+    return img
+
+
+def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
+    if rng.random() < 0.5:
+        choice = PALETTE[(cls * 3 + int(rng.integers(0, 2))) % len(PALETTE)]
+    else:
+        choice = PALETTE[int(rng.integers(0, len(PALETTE)))]
+    return np.clip(np.array(choice, np.float32) + rng.normal(0, 18, size=3), 0, 255)
+
+
+def _render(
+    rng: np.random.Generator, size: int, classes: int
+) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """Draw one image.
+
+    :returns: uint8 RGB pixels, its objects (class index, tight box of the visible pixels,
+        visible and full pixel counts) and the owner map (object index per pixel, -1 for
+        background).
+    """
+    from PIL import Image, ImageFilter
+
+    img = _background(rng, size)
+    wanted = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
+    owner = np.full((size, size), -1, dtype=np.int16)
+    objects: list[dict] = []
+    tries = 0
+    while len(objects) < wanted and tries < wanted * 8:
+        tries += 1
+        cls = int(rng.integers(0, classes))
+        diameter = size * float(rng.uniform(MIN_SIZE, MAX_SIZE) if rng.random() < 0.6
+                                else rng.uniform(MIN_SIZE, 0.25))
+        radius = diameter / 2
+        cx = float(rng.uniform(radius, size - radius))
+        cy = float(rng.uniform(radius, size - radius))
+        points = _outline(SHAPES[cls], radius, float(rng.uniform(0, 2 * math.pi)), rng)
+        mask = _mask(points, cx, cy, size)
+        full = int(mask.sum())
+        if full < 12:
+            continue
+        # would this shape hide more than a third of an earlier one?
+        covered = owner[mask]
+        ok = True
+        for index, obj in enumerate(objects):
+            left = obj["visible"] - int((covered == index).sum())
+            if left < (1 - MAX_OCCLUSION) * obj["full"]:
+                ok = False
+                break
+        if not ok:
+            continue
+        for index in range(len(objects)):
+            objects[index]["visible"] -= int((covered == index).sum())
+        owner[mask] = len(objects)
+        color = _color(rng, cls)
+        ys, xs = np.nonzero(mask)  # a gentle linear shading across the shape
+        gx, gy = rng.uniform(-1.0, 1.0, size=2) * 40.0 / max(radius, 1.0)
+        shade = ((xs - cx) * gx + (ys - cy) * gy).astype(np.float32)[:, None]
+        img[ys, xs] = color + shade
+        objects.append({"cls": cls, "full": full, "visible": full})
+    img += rng.normal(0, float(rng.uniform(4, 14)), size=img.shape).astype(np.float32)
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
+    pixels = np.asarray(out, dtype=np.float32)
+    pixels += rng.normal(0, float(rng.uniform(2, 8)), size=pixels.shape).astype(np.float32)
+    result = []
+    for index, obj in enumerate(objects):
+        visible = owner == index
+        box = _tight_box(visible)
+        if box is None:
+            continue
+        result.append({"cls": obj["cls"], "bbox": box, "area": float(visible.sum()),
+                       "full": obj["full"], "visible": int(visible.sum())})
+    return np.clip(pixels, 0, 255).astype(np.uint8), result, owner
+
+
+# -- noise ---------------------------------------------------------------------------------
+
+def parse_split(text: str | dict[str, float] | None) -> dict[str, float]:
+    """``missing=0.25,spurious=0.25,...`` -> fractions over :data:`KINDS` summing to 1."""
+    if text is None:
+        return {kind: 1.0 / len(KINDS) for kind in KINDS}
+    if isinstance(text, dict):
+        parts = dict(text)
+    else:
+        parts = {}
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"noise split item {item!r} must be KIND=FRACTION")
+            parts[key.strip()] = float(value)
+    unknown = set(parts) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown noise kind(s) {sorted(unknown)}; use {list(KINDS)}")
+    if any(not math.isfinite(v) or v < 0 for v in parts.values()):
+        raise ValueError("noise split fractions must be finite and >= 0")
+    total = sum(parts.values())
+    if total <= 0:
+        raise ValueError("noise split fractions must not all be 0")
+    return {kind: parts.get(kind, 0.0) / total for kind in KINDS}
+
+
+def _counts(n: int, split: dict[str, float]) -> dict[str, int]:
+    """Largest-remainder apportionment of ``n`` errors over the kinds."""
+    raw = {k: n * split[k] for k in KINDS}
+    counts = {k: int(math.floor(v)) for k, v in raw.items()}
+    order = sorted(KINDS, key=lambda k: (-(raw[k] - counts[k]), KINDS.index(k)))
+    for k in order[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _bad_box(rng: np.random.Generator, box: list[float], size: int) -> tuple[list[float], float] | None:
+    x, y, w, h = box
+    for _ in range(300):
+        sw, sh = np.exp(rng.uniform(-0.9, 0.9, size=2))
+        nw, nh = max(2.0, round(w * sw)), max(2.0, round(h * sh))
+        cx = x + w / 2 + rng.uniform(-0.7, 0.7) * w
+        cy = y + h / 2 + rng.uniform(-0.7, 0.7) * h
+        nx = float(min(max(0.0, round(cx - nw / 2)), size - nw))
+        ny = float(min(max(0.0, round(cy - nh / 2)), size - nh))
+        if nx < 0 or ny < 0:
+            continue
+        cand = [nx, ny, float(nw), float(nh)]
+        value = iou(cand, box)
+        if BAD_BOX_IOU[0] <= value <= BAD_BOX_IOU[1]:
+            return cand, value
+    return None
+
+
+def _spurious_box(rng: np.random.Generator, shapes: np.ndarray, boxes: list[list[float]],
+                  size: int) -> list[float] | None:
+    """A box over background: few shape pixels inside, little overlap with truth boxes."""
+    for _ in range(60):
+        w = round(size * rng.uniform(0.10, 0.30))
+        h = round(w * float(np.exp(rng.uniform(-0.4, 0.4))))
+        h = int(min(max(h, 4), size))
+        x = int(rng.integers(0, size - w + 1))
+        y = int(rng.integers(0, size - h + 1))
+        cand = [float(x), float(y), float(w), float(h)]
+        if shapes[y:y + h, x:x + w].mean() > SPURIOUS_MAX_COVER:
+            continue
+        if any(iou(cand, b) > 0.1 for b in boxes):
+            continue
+        return cand
+    return None
+
+
+# -- writing -------------------------------------------------------------------------------
+
+def _dump(path: Path, data: Any) -> None:
+    text = json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _coco(images: list[dict], annotations: list[dict], categories: list[dict]) -> dict:
+    return {
+        "info": {"description": "hitl synthetic shapes", "version": "1"},
+        "images": images,
+        "annotations": sorted(annotations, key=lambda a: a["id"]),
+        "categories": categories,
+    }
+
+
+def generate(
+    out: str | os.PathLike[str],
+    *,
+    train: int = 200,
+    val: int = 50,
+    pool: int = 100,
+    classes: int = 4,
+    imgsz: int = 128,
+    noise: float = 0.1,
+    noise_split: str | dict[str, float] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Write a synthetic dataset to ``out`` (see the module docstring for the layout).
+
+    :param out: output folder (created; existing files of the same names are overwritten).
+    :param train: number of train images (labels get injected errors).
+    :param val: number of clean held-out images.
+    :param pool: number of unlabeled pool images (truth in ``pool_truth.json``).
+    :param classes: number of classes, 1..len(SHAPES).
+    :param imgsz: image side in pixels (square images).
+    :param noise: fraction of train truth boxes affected by injected errors.
+    :param noise_split: fractions per kind (dict or ``missing=0.25,spurious=...``);
+        default equal.
+    :param seed: random seed; same arguments and seed give the same bytes.
+    :returns: small summary: counts, classes, requested and realised noise, seconds.
+    """
+    from PIL import Image
+
+    if not 1 <= classes <= len(SHAPES):
+        raise ValueError(f"classes must be 1..{len(SHAPES)}, got {classes}")
+    if imgsz < 32:
+        raise ValueError(f"imgsz must be >= 32, got {imgsz}")
+    if min(train, val, pool) < 0:
+        raise ValueError("image counts must be >= 0")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise must be in [0, 1], got {noise}")
+    split = parse_split(noise_split)
+    if classes == 1 and split["class_swap"] > 0 and noise > 0:
+        raise ValueError("class_swap noise needs at least 2 classes")
+
+    started = time.monotonic()
+    root = Path(out)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": SHAPES[i], "supercategory": "shape"}
+                  for i in range(classes)]
+
+    images: dict[str, list[dict]] = {}
+    truth: dict[str, list[dict]] = {}
+    shape_masks: dict[int, np.ndarray] = {}  # train image id -> union of shape pixels
+    image_id, ann_id, done = 0, 0, 0
+    total = train + val + pool
+    for name, count in zip(SPLIT_NAMES, (train, val, pool)):
+        folder = root / "images" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        images[name], truth[name] = [], []
+        for _ in range(count):
+            image_id += 1
+            rng = np.random.default_rng([seed, image_id])
+            pixels, objects, owner = _render(rng, imgsz, classes)
+            file_name = f"{name}/{image_id:06d}.png"
+            Image.fromarray(pixels).save(root / "images" / file_name, format="PNG",
+                                         compress_level=6)
+            images[name].append({"id": image_id, "file_name": file_name,
+                                 "width": imgsz, "height": imgsz})
+            for obj in objects:
+                ann_id += 1
+                truth[name].append({
+                    "id": ann_id, "image_id": image_id, "category_id": obj["cls"] + 1,
+                    "bbox": obj["bbox"], "area": obj["area"], "iscrowd": 0,
+                })
+            if name == "train":
+                shape_masks[image_id] = owner >= 0
+            done += 1
+            if done % 250 == 0 or done == total:
+                log.info("synth: %s/%s images", done, total)
+
+    # -- inject errors into train -----------------------------------------------------------
+    nrng = np.random.default_rng([seed, 7_000_001])
+    truth_train = truth["train"]
+    n_truth = len(truth_train)
+    wanted = _counts(int(round(noise * n_truth)), split)
+    order = [int(i) for i in nrng.permutation(n_truth)]
+    noisy = {a["id"]: dict(a) for a in truth_train}
+    errors: list[dict] = []
+    cursor = 0
+
+    def next_candidates():
+        nonlocal cursor
+        while cursor < len(order):
+            ann = truth_train[order[cursor]]
+            cursor += 1
+            yield ann
+
+    for kind in ("missing", "class_swap", "bad_box"):
+        made = 0
+        if wanted[kind] == 0:
+            continue
+        for ann in next_candidates():
+            entry = {"image_id": ann["image_id"], "kind": kind, "annotation_id": ann["id"]}
+            if kind == "missing":
+                del noisy[ann["id"]]
+            elif kind == "class_swap":
+                others = [c for c in range(1, classes + 1) if c != ann["category_id"]]
+                new = others[int(nrng.integers(0, len(others)))]
+                noisy[ann["id"]]["category_id"] = new
+                entry.update({"truth_category_id": ann["category_id"], "category_id": new})
+            else:
+                found = _bad_box(nrng, ann["bbox"], imgsz)
+                if found is None:
+                    continue  # a tiny box at an edge; take the next candidate
+                box, value = found
+                noisy[ann["id"]].update({"bbox": box, "area": box[2] * box[3]})
+                entry.update({"truth_bbox": ann["bbox"], "bbox": box, "iou": round(value, 4)})
+            errors.append(entry)
+            made += 1
+            if made == wanted[kind]:
+                break
+
+    boxes_by_image: dict[int, list[list[float]]] = {img["id"]: [] for img in images["train"]}
+    for ann in truth_train:
+        boxes_by_image[ann["image_id"]].append(ann["bbox"])
+    train_ids = [img["id"] for img in images["train"]]
+    made, attempts = 0, 0
+    while made < wanted["spurious"] and train_ids and attempts < wanted["spurious"] * 20:
+        attempts += 1
+        img_id = train_ids[int(nrng.integers(0, len(train_ids)))]
+        box = _spurious_box(nrng, shape_masks[img_id], boxes_by_image[img_id], imgsz)
+        if box is None:
+            continue
+        ann_id += 1
+        noisy[ann_id] = {"id": ann_id, "image_id": img_id,
+                         "category_id": int(nrng.integers(1, classes + 1)),
+                         "bbox": box, "area": box[2] * box[3], "iscrowd": 0}
+        boxes_by_image[img_id].append(box)  # two spurious boxes never overlap much either
+        errors.append({"image_id": img_id, "kind": "spurious", "annotation_id": ann_id,
+                       "bbox": box, "category_id": noisy[ann_id]["category_id"]})
+        made += 1
+
+    errors.sort(key=lambda e: (e["annotation_id"], e["kind"]))
+    realised_counts = {k: sum(e["kind"] == k for e in errors) for k in KINDS}
+    denom = max(n_truth, 1)
+    report = {
+        "seed": seed,
+        "truth_boxes": n_truth,
+        "requested": {"noise": noise, "split": split, "counts": wanted},
+        "realised": {
+            "noise": len(errors) / denom,
+            "counts": realised_counts,
+            "rates": {k: realised_counts[k] / denom for k in KINDS},
+        },
+        "images_with_errors": len({e["image_id"] for e in errors}),
+        "errors": errors,
+    }
+
+    ann_dir = root / "annotations"
+    _dump(ann_dir / "train.json", _coco(images["train"], list(noisy.values()), categories))
+    _dump(ann_dir / "train_truth.json", _coco(images["train"], truth_train, categories))
+    _dump(ann_dir / "val.json", _coco(images["val"], truth["val"], categories))
+    _dump(ann_dir / "pool.json", _coco(images["pool"], [], categories))
+    _dump(ann_dir / "pool_truth.json", _coco(images["pool"], truth["pool"], categories))
+    _dump(root / "noise_report.json", report)
+
+    from hitl_plugin.dataset.coco import read_coco
+
+    for name in ("train", "train_truth", "val", "pool", "pool_truth"):
+        read_coco(ann_dir / f"{name}.json")
+
+    summary = {
+        "out": str(root),
+        "images": {name: len(images[name]) for name in SPLIT_NAMES},
+        "annotations": {"train": len(noisy), "train_truth": n_truth,
+                        "val": len(truth["val"]), "pool_truth": len(truth["pool"])},
+        "classes": [c["name"] for c in categories],
+        "noise": {"requested": noise, "realised": round(report["realised"]["noise"], 4),
+                  "counts": realised_counts},
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    log.info("synth: wrote %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None, prog: str = "hitl synth") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--train", type=int, default=200)
+    parser.add_argument("--val", type=int, default=50)
+    parser.add_argument("--pool", type=int, default=100)
+    parser.add_argument("--classes", type=int, default=4, help=f"1..{len(SHAPES)}")
+    parser.add_argument("--imgsz", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--noise", type=float, default=0.1,
+                        help="fraction of train truth boxes given an injected error")
+    parser.add_argument("--noise-split", default=None,
+                        help="e.g. missing=0.25,spurious=0.25,class_swap=0.25,bad_box=0.25")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        summary = generate(args.out, train=args.train, val=args.val, pool=args.pool,
+                           classes=args.classes, imgsz=args.imgsz, noise=args.noise,
+                           noise_split=args.noise_split, seed=args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(json.dumps(summary, indent=1))
+    return 0
