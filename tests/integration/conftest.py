@@ -199,7 +199,10 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
             break
         except LabelStudioError as exc:
             if "already in use" not in str(exc) or attempt == 2:
-                pytest.fail(f"Label Studio did not start: {exc}", pytrace=False)
+                hint = (f"\n(It started on a copy of the cached pristine data dir {pristine}: "
+                        f"delete that folder or set HITL_LS_FRESH=1 to rebuild it.)"
+                        if pristine is not None else "")
+                pytest.fail(f"Label Studio did not start: {exc}{hint}", pytrace=False)
     assert server is not None
     # Even if this test run is killed (timeout, SIGKILL), the server does not outlive it.
     watchdog = server.stop_with_process()
