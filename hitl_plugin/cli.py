@@ -31,7 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "selection": ("hitl_plugin.bench.selection", "Label-error selection vs random and cleanlab."),
     "fanout": ("hitl_plugin.bench.fanout", "Operator submit vs one raw bulk import."),
-    "merge": ("hitl_plugin.bench.merge", "Merge 10,000 corrections into a COCO-train2017-sized set."),
+    "merge": (
+        "hitl_plugin.bench.merge", "Merge 10,000 corrections into a COCO-train2017-sized set."
+    ),
     "dagparse": ("hitl_plugin.bench.dagparse", "Parse time of the DAG file, and its imports."),
 }
 

@@ -8,8 +8,8 @@ say what differs. Load a file with :func:`load_config`; a bad file raises
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml

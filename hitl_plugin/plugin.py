@@ -31,10 +31,10 @@ def create_app(root: Path | None = None):
 
     :param root: the storage root; default: resolved per request (Variable, HITL_HOME).
     """
+    from airflow.api_fastapi.core_api.security import get_user
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import FileResponse, HTMLResponse
 
-    from airflow.api_fastapi.core_api.security import get_user
     from hitl_plugin.config import storage_root
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.paths import Layout, safe_component

@@ -204,7 +204,9 @@ class AirflowStack:
             dead = [name for name, pid in self.running().items() if pid is None]
             if dead:
                 tails = {n: _tail(self.run_dir / f"{n}.log") for n in dead}
-                raise StackError(f"Airflow component(s) exited: {dead}\n{json.dumps(tails, indent=1)}")
+                raise StackError(
+                    f"Airflow component(s) exited: {dead}\n{json.dumps(tails, indent=1)}"
+                )
             try:
                 health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=3).json()
                 states = {k: v.get("status") for k, v in health.items() if isinstance(v, dict)}

@@ -43,7 +43,9 @@ class PrepareDatasetOperator(BaseOperator):
             self.log.info("Importing %s as the first version of %s", source, config.dataset.name)
             version = store.import_source(source)
         manifest = store.verify(version)
-        self.log.info("Round starts from %s %s: %s", config.dataset.name, version, manifest["counts"])
+        self.log.info(
+            "Round starts from %s %s: %s", config.dataset.name, version, manifest["counts"]
+        )
         return version
 
 

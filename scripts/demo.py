@@ -120,8 +120,11 @@ def main() -> int:
         sim.start()
 
     def progress(tis: list[dict]) -> None:
-        states = ", ".join(f"{t['task_id']}{'' if t.get('map_index', -1) < 0 else '[%d]' % t['map_index']}"
-                           f"={t['state']}" for t in tis if t["state"])
+        def name(t: dict) -> str:
+            index = t.get("map_index", -1)
+            return t["task_id"] if index is None or index < 0 else f"{t['task_id']}[{index}]"
+
+        states = ", ".join(f"{name(t)}={t['state']}" for t in tis if t["state"])
         print(f"    [{time.monotonic() - t_start:5.0f} s] {states}", flush=True)
 
     try:

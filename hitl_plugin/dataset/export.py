@@ -89,7 +89,8 @@ def export_yolo(
     class_index = {
         c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))
     }
-    train = {**coco, "images": [i for i in coco["images"] if i.get("hitl_split", "train") == "train"]}
+    labeled = [i for i in coco["images"] if i.get("hitl_split", "train") == "train"]
+    train = {**coco, "images": labeled}
     rows = _write_split(layout, train, out / "train", "train.txt", class_index)
     _write_split(layout, val, out / "val", "val.txt", class_index)
     write_json_atomic(out / "weights.json", rows, indent=None)
