@@ -267,7 +267,10 @@ def _counts(n: int, split: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def _bad_box(rng: np.random.Generator, box: list[float], size: int) -> tuple[list[float], float] | None:
+def _bad_box(
+    rng: np.random.Generator, box: list[float], size: int
+) -> tuple[list[float], float] | None:
+    """A box inside the image whose IoU with ``box`` lies in :data:`BAD_BOX_IOU`."""
     x, y, w, h = box
     for _ in range(300):
         sw, sh = np.exp(rng.uniform(-0.9, 0.9, size=2))

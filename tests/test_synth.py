@@ -104,7 +104,8 @@ def test_noise_matches_request_and_report_exactly(noisy):
     for ident in sorted(set(train) - set(truth)):
         assert ident > max(truth)
         box = train[ident]["bbox"]
-        same_image = [a["bbox"] for a in truth.values() if a["image_id"] == train[ident]["image_id"]]
+        image_id = train[ident]["image_id"]
+        same_image = [a["bbox"] for a in truth.values() if a["image_id"] == image_id]
         assert all(iou(box, b) <= 0.1 for b in same_image)
         measured.append(("spurious", ident, train[ident]["image_id"]))
 
