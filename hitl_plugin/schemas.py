@@ -106,6 +106,9 @@ class Correction(_Model):
     annotator: str | None = None
     time: str | None = None
     boxes: list[CorrectedBox] = Field(default_factory=list)
+    #: Other annotations of the same task that lost to this one (rule: the most recent
+    #: non-cancelled annotation wins), kept for the record and never merged.
+    superseded: list[int] = Field(default_factory=list)
 
 
 class Rejected(_Model):

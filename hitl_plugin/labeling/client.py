@@ -1,0 +1,455 @@
+"""HTTP clients for the Label Studio REST API (plain Python, no Airflow).
+
+:class:`LabelStudioClient` (requests) runs in tasks; :class:`AsyncLabelStudioClient` (httpx)
+runs in the triggerer's event loop. Both follow one retry rule (:func:`retryable`):
+
+- 429, 502, 503, 504 and failures to connect are retried with bounded exponential backoff:
+  the server did not act on the request;
+- other 5xx, read timeouts and connections dropped after the request was sent are retried
+  only for idempotent methods (GET, PUT, PATCH, DELETE, HEAD). A POST that may have reached
+  the server is NOT repeated blindly: the caller re-reads the server state first (see
+  :func:`hitl_plugin.labeling.submit.submit_batch`), which keeps imports free of duplicates.
+
+The API token is sent in a header and never appears in a log line, an exception message or a
+``repr``: every text that leaves this module goes through :func:`scrub`.
+
+Task queries use Label Studio's server-side filters (``query={"filters": ...}``) and read the
+count from the response's ``total``, so a count never downloads the tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+#: Statuses after which the server did not act on the request: safe to retry any method.
+RETRY_ALWAYS = frozenset({429, 502, 503, 504})
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: Data keys our tasks carry (see :mod:`hitl_plugin.labeling.tasks`).
+KEY_FIELD = "hitl_key"
+#: How many ``equal`` filters are OR-ed in one query (keeps the URL a few KB long).
+KEYS_PER_QUERY = 50
+
+
+class LabelStudioError(RuntimeError):
+    """A Label Studio call failed.
+
+    :ivar status: HTTP status, or ``None`` when no response came (connection error, timeout).
+    :ivar reason: a short reason (never holds the token).
+    :ivar method: HTTP method of the failed call.
+    :ivar path: API path of the failed call (no query string).
+    :ivar sent: ``False`` when the request certainly did not reach the server (connect error).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        method: str = "",
+        path: str = "",
+        sent: bool = True,
+    ) -> None:
+        self.reason = reason
+        self.status = status
+        self.method = method
+        self.path = path
+        self.sent = sent
+        where = f"{method} {path}".strip()
+        code = f"HTTP {status}" if status is not None else "no response"
+        super().__init__(f"Label Studio {where}: {code}: {reason}" if where else reason)
+
+    @property
+    def transient(self) -> bool:
+        """Whether waiting and asking again may succeed."""
+        return self.status is None or self.status in RETRY_ALWAYS or self.status >= 500
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """Replace every occurrence of ``secret`` in ``text`` (and cut very long texts)."""
+    if secret:
+        text = text.replace(secret, "***")
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def retryable(method: str, *, status: int | None, sent: bool) -> bool:
+    """The one retry rule of both clients (see the module docstring)."""
+    if status is None:
+        return not sent or method.upper() in IDEMPOTENT
+    if status in RETRY_ALWAYS:
+        return True
+    return status >= 500 and method.upper() in IDEMPOTENT
+
+
+def backoff_delay(attempt: int, base: float, cap: float = 30.0) -> float:
+    """Exponential backoff with jitter: ``base * 2**attempt``, at most ``cap`` seconds."""
+    delay = min(cap, base * (2**attempt))
+    return delay * (0.5 + random.random() / 2)
+
+
+def task_filter(field: str, operator: str, value: Any, type_: str = "String") -> dict:
+    """One Label Studio data-manager filter item; ``field`` like ``data.hitl_run_id``."""
+    return {"filter": f"filter:tasks:{field}", "operator": operator, "type": type_,
+            "value": value}
+
+
+def run_filters(dag_id: str, run_id: str) -> list[dict]:
+    """Filters selecting one round's tasks (our own data keys)."""
+    return [task_filter("data.hitl_dag_id", "equal", dag_id),
+            task_filter("data.hitl_run_id", "equal", run_id)]
+
+
+#: Filters added to :func:`run_filters` to count a round's finished tasks: annotated ones, and
+#: ones only skipped (a skip is a cancelled annotation; ``total_annotations`` excludes it).
+ANNOTATED = [task_filter("total_annotations", "greater", 0, "Number")]
+SKIPPED_ONLY = [task_filter("total_annotations", "equal", 0, "Number"),
+                task_filter("cancelled_annotations", "greater", 0, "Number")]
+
+
+def _query(filters: Sequence[dict], conjunction: str = "and") -> str:
+    return json.dumps({"filters": {"conjunction": conjunction, "items": list(filters)}})
+
+
+def _reason(response: Any) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.text or "").strip()[:200] or "(empty body)"
+    if isinstance(body, dict):
+        parts = [body[k] if isinstance(body[k], str) else json.dumps(body[k])
+                 for k in ("detail", "validation_errors", "message", "error") if body.get(k)]
+        if parts:
+            return ": ".join(parts)[:300]
+    return json.dumps(body)[:300]
+
+
+class _Base:
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
+                 backoff: float = 0.5) -> None:
+        if not url:
+            raise ValueError("Label Studio URL is empty")
+        if not token:
+            raise ValueError("Label Studio API token is empty")
+        if retries < 0 or timeout <= 0 or backoff < 0:
+            raise ValueError("timeout must be > 0, retries and backoff >= 0")
+        self.url = url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, retries={self.retries})"
+
+    __str__ = __repr__
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self._token}"}
+
+    def _error(self, reason: str, *, status: int | None, method: str, path: str,
+               sent: bool) -> LabelStudioError:
+        return LabelStudioError(scrub(reason, self._token), status=status, method=method,
+                                path=path.split("?")[0], sent=sent)
+
+    @staticmethod
+    def _payload(body: Any) -> list[dict]:
+        return body.get("tasks", []) if isinstance(body, dict) else list(body or [])
+
+
+class LabelStudioClient(_Base):
+    """Synchronous Label Studio client (requests), with timeouts and bounded retries.
+
+    :param url: base URL, e.g. ``http://127.0.0.1:8081``.
+    :param token: API token (legacy ``Token`` scheme).
+    :param timeout: seconds per HTTP call.
+    :param retries: retries after the first try (only per :func:`retryable`).
+    :param backoff: first backoff delay in seconds, doubled per retry.
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
+                 backoff: float = 0.5) -> None:
+        super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff)
+        self._session = requests.Session()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> LabelStudioClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, *, params: dict | None = None,
+                json_body: Any = None, ok404: bool = False, timeout: float | None = None) -> Any:
+        """Call the API; return the decoded JSON (``None`` for an empty body or ``ok404``).
+
+        :raises LabelStudioError: after the retries allowed for this method are spent.
+        """
+        method = method.upper()
+        attempt = 0
+        while True:
+            status: int | None = None
+            sent = True
+            try:
+                response = self._session.request(
+                    method, f"{self.url}{path}", params=params, json=json_body,
+                    headers=self._headers, timeout=timeout or self.timeout)
+            except requests.ConnectionError as exc:
+                # A refused or unreachable connection never carried the request.
+                sent = not isinstance(exc, requests.ConnectTimeout) and _was_sent(exc)
+                error = self._error(type(exc).__name__ + ": " + _short(exc), status=None,
+                                    method=method, path=path, sent=sent)
+            except requests.Timeout as exc:
+                error = self._error(f"timed out after {timeout or self.timeout} s ("
+                                    f"{type(exc).__name__})", status=None, method=method,
+                                    path=path, sent=True)
+            except requests.RequestException as exc:
+                raise self._error(type(exc).__name__ + ": " + _short(exc), status=None,
+                                  method=method, path=path, sent=True) from None
+            else:
+                status = response.status_code
+                if status < 400:
+                    return response.json() if response.content else None
+                if status == 404 and ok404:
+                    return None
+                error = self._error(_reason(response), status=status, method=method, path=path,
+                                    sent=True)
+            if attempt >= self.retries or not retryable(method, status=error.status,
+                                                        sent=error.sent):
+                raise error
+            delay = backoff_delay(attempt, self.backoff)
+            log.warning("Label Studio %s %s failed (%s); retry %s/%s in %.1f s", method,
+                        error.path, error.reason if status is None else f"HTTP {status}",
+                        attempt + 1, self.retries, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    # -- projects -------------------------------------------------------------------------
+    def whoami(self) -> dict:
+        return self.request("GET", "/api/current-user/whoami")
+
+    def projects(self) -> list[dict]:
+        """Every project (id, title, model_version...)."""
+        found: list[dict] = []
+        page = 1
+        while True:
+            body = self.request("GET", "/api/projects/", params={"page": page, "page_size": 100},
+                                ok404=True)
+            if body is None:
+                return found
+            batch = body.get("results", []) if isinstance(body, dict) else body
+            found.extend(batch)
+            if not isinstance(body, dict) or not body.get("next") or not batch:
+                return found
+            page += 1
+
+    def find_project(self, title: str) -> dict | None:
+        """The project with this exact title and the lowest id, or ``None``."""
+        matches = [p for p in self.projects() if p.get("title") == title]
+        return min(matches, key=lambda p: p["id"]) if matches else None
+
+    def create_project(self, title: str, label_config: str, **fields: Any) -> dict:
+        return self.request("POST", "/api/projects/",
+                            json_body={"title": title, "label_config": label_config, **fields})
+
+    def get_project(self, project_id: int) -> dict:
+        return self.request("GET", f"/api/projects/{int(project_id)}/")
+
+    def update_project(self, project_id: int, **fields: Any) -> dict:
+        return self.request("PATCH", f"/api/projects/{int(project_id)}/", json_body=fields)
+
+    def local_storages(self, project_id: int) -> list[dict]:
+        body = self.request("GET", "/api/storages/localfiles/", params={"project": project_id})
+        return list(body or [])
+
+    def create_local_storage(self, project_id: int, path: str, title: str) -> dict:
+        return self.request("POST", "/api/storages/localfiles/", json_body={
+            "project": int(project_id), "path": path, "use_blob_urls": True, "title": title,
+            "regex_filter": ""})
+
+    # -- tasks ----------------------------------------------------------------------------
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        """One bulk import; return the new task ids in order. Not retried once sent."""
+        body = self.request("POST", f"/api/projects/{int(project_id)}/import",
+                            params={"return_task_ids": "true"}, json_body=tasks,
+                            timeout=max(self.timeout, 120.0))
+        return [int(t) for t in (body or {}).get("task_ids", [])]
+
+    def count_tasks(self, project_id: int, filters: Sequence[dict]) -> int:
+        """Count tasks matching ``filters`` (server side; reads one task at most)."""
+        body = self.request("GET", "/api/tasks/", params={
+            "project": int(project_id), "page_size": 1, "page": 1, "fields": "task_only",
+            "query": _query(filters)}, ok404=True)
+        return int(body.get("total", 0)) if isinstance(body, dict) else 0
+
+    def iter_tasks(self, project_id: int, filters: Sequence[dict] = (), *,
+                   conjunction: str = "and", fields: str = "all",
+                   page_size: int = 100) -> Iterator[dict]:
+        """Yield the tasks matching ``filters``, page by page (a page past the end is a 404)."""
+        page = 1
+        while True:
+            body = self.request("GET", "/api/tasks/", params={
+                "project": int(project_id), "page": page, "page_size": page_size,
+                "fields": fields, "query": _query(filters, conjunction)}, ok404=True)
+            batch = self._payload(body)
+            yield from batch
+            if len(batch) < page_size:
+                return
+            page += 1
+
+    def tasks_by_key(self, project_id: int, keys: Sequence[str]) -> dict[str, list[dict]]:
+        """The tasks whose ``data.hitl_key`` is one of ``keys`` (OR-ed ``equal`` filters)."""
+        found: dict[str, list[dict]] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), KEYS_PER_QUERY):
+            chunk = keys[i:i + KEYS_PER_QUERY]
+            filters = [task_filter(f"data.{KEY_FIELD}", "equal", k) for k in chunk]
+            for task in self.iter_tasks(project_id, filters, conjunction="or",
+                                        fields="task_only", page_size=100):
+                key = (task.get("data") or {}).get(KEY_FIELD)
+                if key in chunk:  # trust nothing: check what the filter returned
+                    found.setdefault(key, []).append(task)
+        return found
+
+    def create_annotation(self, task_id: int, result: list[dict], *,
+                          was_cancelled: bool = False) -> dict:
+        return self.request("POST", f"/api/tasks/{int(task_id)}/annotations/",
+                            json_body={"result": result, "was_cancelled": was_cancelled})
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _was_sent(exc: requests.ConnectionError) -> bool:
+    """False when the connection could not even be opened (refused, unreachable)."""
+    text = repr(exc)
+    markers = ("NewConnectionError", "Connection refused", "Failed to establish",
+               "Name or service not known", "No route to host")
+    return not any(m in text for m in markers)
+
+
+class AsyncLabelStudioClient(_Base):
+    """Asynchronous Label Studio client (httpx) for the triggerer, same retry rule.
+
+    Use as ``async with AsyncLabelStudioClient(url, token) as client: ...``.
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
+                 backoff: float = 0.5) -> None:
+        super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff)
+        self._client: Any = None
+
+    async def __aenter__(self) -> AsyncLabelStudioClient:
+        import httpx
+
+        self._client = httpx.AsyncClient(timeout=self.timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def request(self, method: str, path: str, *, params: dict | None = None,
+                      json_body: Any = None, ok404: bool = False) -> Any:
+        """Async form of :meth:`LabelStudioClient.request` (sleeps with ``asyncio.sleep``)."""
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        method = method.upper()
+        attempt = 0
+        while True:
+            status: int | None = None
+            try:
+                response = await self._client.request(
+                    method, f"{self.url}{path}", params=params, json=json_body,
+                    headers=self._headers)
+            except httpx.ConnectError as exc:
+                error = self._error(f"ConnectError: {_short(exc)}", status=None, method=method,
+                                    path=path, sent=False)
+            except httpx.TimeoutException as exc:
+                error = self._error(f"timed out after {self.timeout} s ({type(exc).__name__})",
+                                    status=None, method=method, path=path,
+                                    sent=not isinstance(exc, httpx.ConnectTimeout))
+            except httpx.TransportError as exc:
+                error = self._error(f"{type(exc).__name__}: {_short(exc)}", status=None,
+                                    method=method, path=path, sent=True)
+            else:
+                status = response.status_code
+                if status < 400:
+                    return response.json() if response.content else None
+                if status == 404 and ok404:
+                    return None
+                error = self._error(_reason(response), status=status, method=method, path=path,
+                                    sent=True)
+            if attempt >= self.retries or not retryable(method, status=error.status,
+                                                        sent=error.sent):
+                raise error
+            delay = backoff_delay(attempt, self.backoff)
+            log.warning("Label Studio %s %s failed (%s); retry %s/%s in %.1f s", method,
+                        error.path, error.reason if status is None else f"HTTP {status}",
+                        attempt + 1, self.retries, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def count_tasks(self, project_id: int, filters: Sequence[dict]) -> int:
+        """Count tasks matching ``filters`` server side (reads one task at most)."""
+        body = await self.request("GET", "/api/tasks/", params={
+            "project": int(project_id), "page_size": 1, "page": 1, "fields": "task_only",
+            "query": _query(filters)}, ok404=True)
+        return int(body.get("total", 0)) if isinstance(body, dict) else 0
+
+    async def iter_tasks(self, project_id: int, filters: Sequence[dict] = (), *,
+                         fields: str = "task_only", page_size: int = 100) -> AsyncIterator[dict]:
+        page = 1
+        while True:
+            body = await self.request("GET", "/api/tasks/", params={
+                "project": int(project_id), "page": page, "page_size": page_size,
+                "fields": fields, "query": _query(filters)}, ok404=True)
+            batch = self._payload(body)
+            for task in batch:
+                yield task
+            if len(batch) < page_size:
+                return
+            page += 1
+
+
+async def round_counts(client: AsyncLabelStudioClient, project_id: int, dag_id: str,
+                       run_id: str) -> dict[str, int]:
+    """Count one round's tasks: ``total``, ``annotated``, ``skipped`` and ``completed``.
+
+    Three filtered count queries, each reading one task at most.
+    """
+    base = run_filters(dag_id, run_id)
+    counts = {name: await client.count_tasks(project_id, base + extra)
+              for name, extra in (("total", []), ("annotated", ANNOTATED),
+                                  ("skipped", SKIPPED_ONLY))}
+    counts["completed"] = counts["annotated"] + counts["skipped"]
+    return counts
+
+
+def round_counts_sync(client: LabelStudioClient, project_id: int, dag_id: str,
+                      run_id: str) -> dict[str, int]:
+    """Synchronous :func:`round_counts` for the sensor's first poke."""
+    base = run_filters(dag_id, run_id)
+    counts = {name: client.count_tasks(project_id, base + extra)
+              for name, extra in (("total", []), ("annotated", ANNOTATED),
+                                  ("skipped", SKIPPED_ONLY))}
+    counts["completed"] = counts["annotated"] + counts["skipped"]
+    return counts

@@ -1,0 +1,150 @@
+"""Read a round's finished tasks back from Label Studio as validated corrections.
+
+Nothing the service returns is trusted:
+
+- a task is mapped back through OUR key: its ``hitl_image_id`` must be one of the selection's
+  image ids and its ``hitl_key`` must equal the key we built; otherwise it is rejected;
+- boxes are converted with the image size from OUR selection, and every region is validated
+  (known class, finite numbers, inside the image within a small tolerance, positive size);
+  an annotation with any invalid region is rejected as a whole, with a reason per region, so
+  that a half-valid answer never deletes a label;
+- nothing returned is used as a file path.
+
+Rule for several annotations on one task: the most recent non-cancelled annotation wins
+(latest ``updated_at``, then ``created_at``, then the highest id); the others are recorded in
+``Correction.superseded``. A task whose annotations are all cancelled is ``skipped`` (the
+original labels are kept). A task with no annotation yet is not in the result (still pending).
+If the winning annotation is invalid, the task is rejected; an older one is not used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hitl_plugin.labeling.client import LabelStudioClient, run_filters
+from hitl_plugin.labeling.tasks import InvalidResult, hitl_key, region_to_box
+from hitl_plugin.schemas import Correction, Corrections, Rejected, SelectionManifest
+
+log = logging.getLogger(__name__)
+
+
+def annotator_of(annotation: dict) -> str | None:
+    """The annotator's e-mail (``created_username`` is ``" email, id"``) or user id."""
+    name = annotation.get("created_username")
+    if isinstance(name, str) and name.strip():
+        email = name.split(",")[0].strip()
+        if email:
+            return email[:200]
+    by = annotation.get("completed_by")
+    if isinstance(by, dict):
+        by = by.get("email") or by.get("id")
+    return str(by)[:200] if by is not None else None
+
+
+def _order(annotation: dict) -> tuple:
+    return (str(annotation.get("updated_at") or ""), str(annotation.get("created_at") or ""),
+            int(annotation.get("id") or 0))
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
+                       categories: dict[str, int]) -> Correction | Rejected | None:
+    """Turn one task (with its annotations) into a correction, a rejection, or ``None``.
+
+    :param samples: our image id -> :class:`~hitl_plugin.schemas.SelectedSample`.
+    :param categories: class name -> our category id.
+    :return: ``None`` when the task has no annotation yet.
+    """
+    task_id = _as_int(task.get("id"))
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    image_id = _as_int(data.get("hitl_image_id"))
+    if image_id is None or image_id not in samples:
+        return Rejected(task_id=task_id, image_id=None,
+                        reason=f"task is not in this round's selection (hitl_image_id="
+                        f"{str(data.get('hitl_image_id'))[:40]!r})")
+    if data.get("hitl_key") != hitl_key(dag_id, run_id, image_id):
+        return Rejected(task_id=task_id, image_id=image_id,
+                        reason=f"hitl_key {str(data.get('hitl_key'))[:120]!r} does not match "
+                        f"this round's key")
+    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+    if not annotations:
+        return None
+    done = [a for a in annotations if not a.get("was_cancelled")]
+    if not done:
+        last = max(annotations, key=_order)
+        return Correction(image_id=image_id, status="skipped", task_id=task_id or 0,
+                          annotation_id=_as_int(last.get("id")), annotator=annotator_of(last),
+                          time=str(last.get("updated_at") or last.get("created_at") or "")
+                          or None)
+    chosen = max(done, key=_order)
+    others = [i for i in (_as_int(a.get("id")) for a in annotations if a is not chosen)
+              if i is not None]
+    sample = samples[image_id]
+    result = chosen.get("result")
+    if not isinstance(result, list):
+        return Rejected(task_id=task_id, image_id=image_id,
+                        reason=f"annotation {chosen.get('id')}: result is not a list")
+    boxes, problems = [], []
+    for i, region in enumerate(result):
+        try:
+            boxes.append(region_to_box(region, width=sample.width, height=sample.height,
+                                       categories=categories))
+        except InvalidResult as exc:
+            problems.append(f"region {i}: {exc}")
+    if problems:
+        return Rejected(task_id=task_id, image_id=image_id,
+                        reason=f"annotation {chosen.get('id')}: " + "; ".join(problems[:5]))
+    return Correction(
+        image_id=image_id, status="labeled", task_id=task_id or 0,
+        annotation_id=_as_int(chosen.get("id")), annotator=annotator_of(chosen),
+        time=str(chosen.get("updated_at") or chosen.get("created_at") or "") or None,
+        boxes=boxes, superseded=others,
+    )
+
+
+def collect_corrections(client: LabelStudioClient, *, project_id: int, dag_id: str, run_id: str,
+                        selection: SelectionManifest,
+                        categories: dict[str, int] | None = None) -> Corrections:
+    """Read the round's tasks (paginated, filtered by run) and validate their annotations.
+
+    :param categories: class name -> our category id (default: the selection's categories).
+    :return: the corrections; ``rejected`` lists what was not accepted and why. Tasks without
+        an annotation are left out (see :func:`pending_count`).
+    """
+    categories = categories or {c.name: c.id for c in selection.categories}
+    samples = {s.image_id: s for s in selection.items}
+    by_image: dict[int, Correction] = {}
+    rejected: list[Rejected] = []
+    for task in client.iter_tasks(project_id, run_filters(dag_id, run_id), fields="all"):
+        outcome = task_to_correction(task, dag_id=dag_id, run_id=run_id, samples=samples,
+                                     categories=categories)
+        if outcome is None:
+            continue
+        if isinstance(outcome, Rejected):
+            rejected.append(outcome)
+            continue
+        previous = by_image.get(outcome.image_id)
+        if previous is not None:
+            # Two tasks for one key (a service-side duplicate): the lower task id wins.
+            keep, drop = sorted((previous, outcome), key=lambda c: c.task_id)
+            by_image[outcome.image_id] = keep
+            rejected.append(Rejected(task_id=drop.task_id, image_id=drop.image_id,
+                                     reason=f"duplicate task for this image; task "
+                                     f"{keep.task_id} is used"))
+            continue
+        by_image[outcome.image_id] = outcome
+    for item in rejected:
+        log.warning("Rejected task %s (image %s): %s", item.task_id, item.image_id, item.reason)
+    return Corrections(dag_id=dag_id, run_id=run_id, dataset=selection.dataset,
+                       version=selection.version,
+                       items=[by_image[i] for i in sorted(by_image)], rejected=rejected)

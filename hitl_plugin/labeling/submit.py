@@ -1,0 +1,126 @@
+"""Submit one batch of a round's selection to Label Studio, idempotently.
+
+The key of a task is ``hitl_key = <dag_id>|<run_id>|<image_id>``. Before importing, the batch's
+keys already in the project are read back with server-side filters; only the missing samples
+are imported, in ONE bulk import. When the import fails after it may have reached the server
+(a dropped connection, a timeout, a 5xx), the keys are read again before anything is resent,
+so retries (ours or Airflow's) never create a second task for a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hitl_plugin.labeling.client import LabelStudioClient, LabelStudioError, backoff_delay
+from hitl_plugin.labeling.project import set_model_version
+from hitl_plugin.labeling.tasks import hitl_key, to_task
+from hitl_plugin.schemas import SelectionManifest, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
+
+
+def submitted_results(submissions: Any) -> list[dict]:
+    """The submit step's XCom results (a dict, a list, or Airflow's lazy sequence of them)."""
+    if _blank(submissions):
+        return []
+    if isinstance(submissions, dict):
+        return [submissions]
+    return [s for s in list(submissions) if isinstance(s, dict)]
+
+
+def project_and_expected(submissions: Any, project_id: Any) -> tuple[int, int | None]:
+    """The project id and the number of tasks the submit step recorded (None: unknown)."""
+    results = submitted_results(submissions)
+    ids = {int(r["project_id"]) for r in results if not _blank(r.get("project_id"))}
+    if not _blank(project_id):
+        ids.add(int(project_id))
+    if len(ids) != 1:
+        raise ValueError(f"expected one Label Studio project id, got {sorted(ids)} (pass "
+                               f"project_id or the submit step's results)")
+    expected = (sum(int(r.get("submitted", 0)) + int(r.get("already_present", 0))
+                    for r in results) if results else None)
+    return ids.pop(), expected
+
+
+def submission_file(round_dir: Path, start: int, stop: int) -> Path:
+    """Where the task ids of one batch are recorded."""
+    return Path(round_dir) / "submissions" / f"{int(start)}-{int(stop)}.json"
+
+
+def submit_batch(client: LabelStudioClient, *, project_id: int, selection: SelectionManifest,
+                 start: int, stop: int, dag_id: str, run_id: str, model_version: str,
+                 round_dir: Path | None = None, attempts: int = 3,
+                 backoff: float = 1.0) -> dict:
+    """Import the samples ``selection.items[start:stop]`` that the project does not hold yet.
+
+    :param round_dir: when given, ``submissions/<start>-<stop>.json`` is written there.
+    :param attempts: import attempts within this call when the import fails transiently.
+    :return: ``{"project_id", "submitted", "already_present", "batch": [start, stop],
+        "duplicates", "submission"}``; ``duplicates`` counts keys found more than once (left as
+        they are; the lowest task id is used).
+    :raises LabelStudioError: when the service keeps failing.
+    """
+    n = len(selection.items)
+    if not (0 <= start <= stop <= n):
+        raise ValueError(f"batch [{start}, {stop}) is outside the selection of {n} items")
+    names = {c.id: c.name for c in selection.categories}
+    samples = {hitl_key(dag_id, run_id, s.image_id): s for s in selection.items[start:stop]}
+    task_ids: dict[str, int] = {}
+    already: set[str] = set()
+    duplicates = 0
+    submitted = 0
+    for attempt in range(max(1, attempts)):
+        found = client.tasks_by_key(project_id, list(samples)) if samples else {}
+        for key, tasks in found.items():
+            if key not in task_ids:
+                already.add(key)
+            task_ids[key] = min(int(t["id"]) for t in tasks)
+        duplicates = sum(1 for tasks in found.values() if len(tasks) > 1)
+        missing = [k for k in samples if k not in task_ids]
+        if not missing:
+            break
+        payload = [to_task(samples[k], dag_id=dag_id, run_id=run_id,
+                           model_version=model_version, names=names) for k in missing]
+        try:
+            ids = client.import_tasks(project_id, payload)
+        except LabelStudioError as exc:
+            if not exc.transient or attempt + 1 >= attempts:
+                raise
+            delay = backoff_delay(attempt, backoff)
+            log.warning("Import of %s tasks failed (%s); reading the keys again in %.1f s",
+                        len(payload), exc.reason, delay)
+            time.sleep(delay)
+            continue
+        if len(ids) != len(missing):
+            raise LabelStudioError(f"import returned {len(ids)} task ids for {len(missing)} "
+                                   f"tasks", status=None, method="POST",
+                                   path=f"/api/projects/{project_id}/import")
+        task_ids.update(zip(missing, ids))
+        submitted += len(ids)
+        break
+    if task_ids and (client.get_project(project_id) or {}).get("model_version") != model_version:
+        set_model_version(client, project_id, model_version)
+    result = {
+        "project_id": int(project_id),
+        "submitted": submitted,
+        "already_present": len(already),
+        "batch": [int(start), int(stop)],
+        "duplicates": duplicates,
+    }
+    if round_dir is not None:
+        path = submission_file(round_dir, start, stop)
+        write_json_atomic(path, {
+            **result, "dag_id": dag_id, "run_id": run_id, "model_version": model_version,
+            "tasks": {str(samples[k].image_id): task_ids[k] for k in samples if k in task_ids},
+        })
+        result["submission"] = str(path)
+    log.info("Batch [%s, %s): %s new tasks, %s already present in project %s", start, stop,
+             submitted, len(already), project_id)
+    return result
