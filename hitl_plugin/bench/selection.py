@@ -218,8 +218,10 @@ def run(
             yaml_path = export_yolo(root, DATASET, name, labels, val,
                                     out=work / "exports" / name)
         with timer(f"train_{name}"):
+            # no per-epoch validation (the last epoch's best = last): evaluate() scores it
             result = train(yaml_path, work / "models" / name, weights=weights, epochs=epochs,
-                           imgsz=imgsz, batch=batch, device=device, seed=seed)
+                           imgsz=imgsz, batch=batch, device=device, seed=seed,
+                           extra_args={"val": False})
         with timer(f"evaluate_{name}"):
             metrics = evaluate(Path(result["checkpoint"]), yaml_path, val_file,
                                work / "eval" / name, imgsz=imgsz, device=device)

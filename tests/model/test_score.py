@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,129 @@ def test_predict_is_fed_a_list_file_not_a_python_list(tmp_path, monkeypatch):
     assert [r["image_id"] for r in recs] == [1, 2, 3]
     assert recs[1]["suspicions"][0]["kind"] == "missing"  # image 2 has no label
     assert recs[0]["suspicions"] == []
+
+
+# -- a real model -------------------------------------------------------------------------
+
+BASE = Path(__file__).resolve().parents[2] / "hitl_plugin" / "assets" / "base_yolov8n.pt"
+
+
+@pytest.fixture(scope="module")
+def clean_model(tmp_path_factory):
+    """A model fine-tuned two epochs on clean synthetic labels (from the shipped base)."""
+    if not BASE.is_file():
+        pytest.skip(f"{BASE} is not built yet (make base-checkpoint)")
+    from hitl_plugin.dataset.export import export_yolo
+    from hitl_plugin.dataset.store import DatasetStore
+    from hitl_plugin.model.train import train
+    from hitl_plugin.synth import generate
+
+    work = tmp_path_factory.mktemp("score")
+    generate(work / "src", train=24, val=8, pool=0, classes=4, imgsz=128, noise=0.0, seed=21)
+    root = work / "root"
+    store = DatasetStore(root, "shapes")
+    version = store.import_source(work / "src")
+    coco = store.load(version)
+    val = json.loads(store.layout.val_file("shapes").read_text())
+    data_yaml = export_yolo(root, "shapes", version, coco, val)
+    result = train(data_yaml, work / "model", weights=BASE, epochs=2, imgsz=128, batch=8,
+                   device="cpu")
+    return work, root, coco, Path(result["checkpoint"])
+
+
+def _shift(bbox, size):
+    """The same box moved half its width sideways (IoU 1/3 with the original)."""
+    x, y, w, h = bbox
+    nx = x + w / 2 if x + 1.5 * w <= size else x - w / 2
+    return [nx, y, w, h]
+
+
+def _free_square(boxes, size, side=20):
+    for y in range(0, size - side, 4):
+        for x in range(0, size - side, 4):
+            cand = [x, y, side, side]
+            if not len(boxes) or iou_matrix([cand], boxes).max() == 0:
+                return cand
+    return None
+
+
+@pytest.mark.slow
+def test_real_model_finds_the_errors_we_inject(clean_model, tmp_path, monkeypatch):
+    from ultralytics.engine.model import Model
+
+    from hitl_plugin.model.score import score_images
+
+    work, root, coco, checkpoint = clean_model
+    sel = SelectionConfig()
+    calls = []
+    real_predict = Model.predict
+
+    def spy(self, source=None, stream=False, **kw):
+        calls.append((source, stream))
+        return real_predict(self, source, stream, **kw)
+
+    monkeypatch.setattr(Model, "predict", spy)
+    first = score_images(checkpoint, coco, root, tmp_path / "clean.jsonl", selection=sel,
+                         imgsz=128, device="cpu")
+    # streaming: one call, with the path of a .txt list, stream=True
+    assert len(calls) == 1 and isinstance(calls[0][0], str) and calls[0][0].endswith(".txt")
+    assert calls[0][1] is True
+    assert first["n_images"] == 24
+    clean = {r.image_id: r for r in map(ImageScore.model_validate_json,
+                                        Path(first["scores"]).read_text().splitlines())}
+
+    # boxes the model clearly sees, on images it finds clean
+    anns = {}
+    for a in coco["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    seen = []
+    for image_id, rec in sorted(clean.items()):
+        if rec.label_error_score > 0.3:
+            continue
+        for a in anns.get(image_id, []):
+            for p in rec.predictions:
+                ov = iou_matrix([a["bbox"]], [p.bbox])[0, 0]
+                if p.category_id == a["category_id"] and p.score >= 0.6 and ov >= 0.8:
+                    seen.append((image_id, a, p))
+                    break
+            if seen and seen[-1][0] == image_id:
+                break
+    assert len(seen) >= 4, f"the model sees too little to test with: {len(seen)} images"
+    (ia, a_ann, _), (ib, b_ann, _), (ic, c_ann, _), (id_, _, _) = seen[:4]
+    size = 128
+    spurious_box = _free_square(
+        np.array([a["bbox"] for a in anns[id_]] + [p.bbox for p in clean[id_].predictions]),
+        size)
+    assert spurious_box is not None
+    swap_to = next(c["id"] for c in coco["categories"] if c["id"] != b_ann["category_id"])
+    new_id = max(a["id"] for a in coco["annotations"]) + 1
+    annotations = []
+    for a in coco["annotations"]:
+        if a["id"] == a_ann["id"]:
+            continue  # A: the label of a visible object is deleted -> missing
+        if a["id"] == b_ann["id"]:
+            a = {**a, "category_id": swap_to}  # B: wrong class -> class_swap
+        if a["id"] == c_ann["id"]:
+            a = {**a, "bbox": _shift(a["bbox"], size)}  # C: box off the object -> bad_box
+        annotations.append(a)
+    annotations.append({"id": new_id, "image_id": id_, "category_id": 1, "bbox": spurious_box,
+                        "area": 400.0, "iscrowd": 0})  # D: a box on background -> spurious
+    noisy = {**coco, "annotations": annotations}
+    second = score_images(checkpoint, noisy, root, tmp_path / "noisy.jsonl", selection=sel,
+                          imgsz=128, device="cpu", splits=("train",))
+    recs = {r.image_id: r for r in map(ImageScore.model_validate_json,
+                                       Path(second["scores"]).read_text().splitlines())}
+
+    def found(image_id, kind, ann_id=None):
+        return [s for s in recs[image_id].suspicions
+                if s.kind == kind and (ann_id is None or s.label_ann_id == ann_id)]
+
+    missing = found(ia, "missing")
+    assert missing and iou_matrix([a_ann["bbox"]], [missing[0].pred_bbox])[0, 0] >= 0.8
+    assert found(ib, "class_swap", b_ann["id"])[0].pred_category_id == b_ann["category_id"]
+    assert found(ic, "bad_box", c_ann["id"])
+    assert found(id_, "spurious", new_id)
+    # the four edited images rank above every image left alone
+    untouched = max(r.label_error_score for i, r in recs.items() if i not in {ia, ib, ic, id_})
+    for image_id in (ia, ib, ic, id_):
+        assert recs[image_id].label_error_score > max(untouched, 0.5), recs[image_id]

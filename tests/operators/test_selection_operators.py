@@ -94,20 +94,25 @@ def airflow_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A synthetic dataset imported as v0001, and a model trained on it for one epoch."""
+    """A synthetic dataset imported as v0001, and a model: the shipped base checkpoint when
+    it is built, else one trained on the dataset for one epoch (its quality does not matter
+    here)."""
     from hitl_plugin.dataset.export import export_yolo
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.model.train import train
     from hitl_plugin.synth import generate
 
     work = tmp_path_factory.mktemp("sel")
-    generate(work / "src", train=16, val=6, pool=8, classes=2, imgsz=64, noise=0.25, seed=5)
+    generate(work / "src", train=16, val=6, pool=8, classes=4, imgsz=64, noise=0.25, seed=5)
     root = work / "root"
     store = DatasetStore(root, "shapes")
     version = store.import_source(work / "src")
     coco = store.load(version)
     val = json.loads(store.layout.val_file("shapes").read_text())
     data_yaml = export_yolo(root, "shapes", version, coco, val)
+    base = Path(__file__).resolve().parents[2] / "hitl_plugin" / "assets" / "base_yolov8n.pt"
+    if base.is_file():
+        return work, root, base
     result = train(data_yaml, work / "model", epochs=1, imgsz=64, batch=8, device="cpu")
     return work, root, Path(result["checkpoint"])
 
