@@ -57,8 +57,8 @@ class MergeCorrectionsOperator(BaseOperator):
         super().__init__(**kwargs)
         if not isinstance(config_path, str) or not config_path:
             raise ValueError("config_path must be a non-empty string")
-        if not isinstance(corrections, (str, dict, os.PathLike)):
-            raise TypeError(f"corrections must be a path or a dict, got {type(corrections)}")
+        if corrections is None:  # an XComArg or a template is fine here; None never is
+            raise ValueError("corrections is required (the collect step's result)")
         self.config_path = config_path
         self.corrections = corrections
         self.base_version = base_version

@@ -73,8 +73,8 @@ def test_default_outlet_is_the_dataset_asset(tmp_path):
         task_id="n", config_path="{{ var.value.cfg }}", corrections={}, base_version=None,
         dataset="cats")
     assert [a.uri for a in templated.outlets] == ["hitl://datasets/cats"]
-    with pytest.raises(TypeError):
-        MergeCorrectionsOperator(task_id="o", config_path=str(config), corrections=3,
+    with pytest.raises(ValueError, match="corrections is required"):
+        MergeCorrectionsOperator(task_id="o", config_path=str(config), corrections=None,
                                  base_version="v0001")
 
 
