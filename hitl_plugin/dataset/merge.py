@@ -430,8 +430,13 @@ def merge_corrections(
     human_weight, decay = float(human_weight), float(decay)
     if not (math.isfinite(human_weight) and human_weight > 0 and 0.0 <= decay <= 1.0):
         raise ValueError(f"need human_weight > 0 and 0 <= decay <= 1, got {human_weight}, {decay}")
+    corrections_sha = _sha256_text(corrections.model_dump_json())
     existing = store.find_by_key(round_key)
     if existing is not None:
+        recorded = store.manifest(existing).get("merge_input", {}).get("corrections_sha256")
+        if recorded != corrections_sha:
+            log.warning("round %s was merged as %s from other corrections than these; the "
+                        "round key wins: nothing new is published", round_key, existing)
         return _existing(store, existing, report_path)
     if corrections.dataset != store.name:
         raise DatasetError(f"corrections are for dataset {corrections.dataset!r}, "
@@ -451,7 +456,6 @@ def merge_corrections(
     version = version_name(number)
     now = now or utcnow()
     plan = _plan(corrections)
-    corrections_sha = _sha256_text(corrections.model_dump_json())
     written: dict[str, Any] = {}
 
     def writer(out: Any) -> dict:

@@ -388,3 +388,38 @@ def test_streaming_merge_equals_the_naive_reference(tmp_path, seed):
         for key in seen:
             seen[key] += out[key]
     assert all(seen.values()), seen  # the random rounds exercised every rule
+
+
+def test_kill_9_mid_merge_leaves_latest_and_a_retry_publishes_once(store, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    corrections = _corr("v0001", [_lab(1, [(1, [1, 1, 5, 5])]), _lab(2, [])])
+    path = tmp_path / "corrections.json"
+    path.write_text(corrections.model_dump_json())
+    code = textwrap.dedent(f"""
+        import os, signal
+        from hitl_plugin.dataset import merge
+        from hitl_plugin.dataset.store import DatasetStore
+        from hitl_plugin.schemas import Corrections
+
+        def die(old, new):  # half of the annotations are written by now
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        merge.classify_changes = die
+        merge.merge_corrections(
+            DatasetStore({str(store.layout.root)!r}, "shapes"), base_version="v0001",
+            corrections=Corrections.model_validate_json(open({str(path)!r}).read()),
+            round_key="d|r1", human_weight=3.0, decay=0.5)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert list(store.dir.glob(".tmp-v0002-*"))  # the half-written folder, never a version
+    assert store.versions() == ["v0001"] and store.latest() == "v0001"
+    store.load("v0001")
+    out = merge_corrections(store, base_version="v0001", corrections=corrections,
+                            round_key="d|r1", human_weight=3.0, decay=0.5)
+    assert out["version"] == "v0002" and store.versions() == ["v0001", "v0002"]
+    store.recover()
+    assert not list(store.dir.glob(".tmp-*")) and store.load()["hitl_history"]
