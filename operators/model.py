@@ -81,30 +81,22 @@ class YoloTrainOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict:
         from hitl_plugin.config import load_config, storage_root
-        from hitl_plugin.model.evaluate import evaluate
-        from hitl_plugin.model.train import train_round
-        from hitl_plugin.paths import Layout
+        from hitl_plugin.model.train import train_and_evaluate
 
         config = load_config(self.config_path)
         epochs = _optional_int(self.epochs, "epochs", 1)
         imgsz = _optional_int(self.imgsz, "imgsz", 32)
-        root = storage_root(config)
-        dag_id, run_id = context["dag"].dag_id, context["run_id"]
-        result = train_round(config, root=root, dag_id=dag_id, run_id=run_id,
-                             version=self.version or None, epochs=epochs, imgsz=imgsz)
+        result = train_and_evaluate(
+            config, root=storage_root(config), dag_id=context["dag"].dag_id,
+            run_id=context["run_id"], version=self.version or None, epochs=epochs, imgsz=imgsz,
+        )
+        metrics = result["metrics"]
         self.log.info("Trained %s (%s epochs, warm start: %s, resumed from epoch %s)",
                       result["checkpoint"], result["epochs"], result["weights_source"],
                       result["resumed_from_epoch"])
-        layout = Layout.at(root)
-        model_dir = layout.model_dir(dag_id, run_id)
-        metrics = evaluate(
-            result["checkpoint"], result["data_yaml"], layout.val_file(config.dataset.name),
-            model_dir / "eval", imgsz=imgsz or config.training.imgsz,
-            device=config.training.device, metrics_path=model_dir / "metrics.json",
-        )
         self.log.info("Held-out mAP50-95 %.4f, mAP50 %.4f on %s images", metrics["map50_95"],
                       metrics["map50"], metrics["n_images"])
-        return {**result, "train_metrics": result["metrics"], "metrics": metrics}
+        return result
 
 
 class PromoteModelOperator(BaseOperator):

@@ -32,7 +32,7 @@ from typing import Any
 
 from hitl_plugin.config import PipelineConfig
 from hitl_plugin.model.offline import import_ultralytics, resolve_device, resolve_weights
-from hitl_plugin.paths import Layout
+from hitl_plugin.paths import Layout, safe_component
 from hitl_plugin.schemas import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -470,10 +470,14 @@ def train_round(
     version: str | None = None,
     epochs: int | None = None,
     imgsz: int | None = None,
+    name: str | None = None,
 ) -> dict:
     """Train this run's model on a dataset version; resumable (the folder is the run's).
 
-    :return: :func:`train`'s result plus ``"version"`` and ``"weights_source"``.
+    :param name: a sub-folder of the run's model folder, for a second training in the same
+        run (e.g. ``retrain`` after the merge); None trains in the run's folder itself.
+    :return: :func:`train`'s result plus ``"version"``, ``"weights_source"``,
+        ``"weighted_images"`` and ``"data_yaml"``.
     """
     from hitl_plugin.dataset.export import export_yolo
     from hitl_plugin.dataset.store import DatasetStore
@@ -487,6 +491,8 @@ def train_round(
     rows = json.loads((data_yaml.parent / "weights.json").read_text(encoding="utf-8"))
     image_weights = {row["path"]: float(row["weight"]) for row in rows}
     out_dir = layout.model_dir(dag_id, run_id)
+    if name:
+        out_dir = out_dir / safe_component(name)
     source_file = out_dir / "warm_start.json"
     if source_file.is_file():  # a retry must start from the same weights as the first try
         chosen = json.loads(source_file.read_text(encoding="utf-8"))
@@ -506,3 +512,44 @@ def train_round(
     weighted = sum(1 for w in image_weights.values() if w != 1.0)
     return {**result, "version": version, "weights_source": source,
             "weighted_images": weighted, "data_yaml": str(data_yaml)}
+
+
+def train_and_evaluate(
+    config: PipelineConfig,
+    *,
+    root: Path,
+    dag_id: str,
+    run_id: str,
+    version: str | None = None,
+    epochs: int | None = None,
+    imgsz: int | None = None,
+    name: str | None = None,
+) -> dict:
+    """:func:`train_round`, then COCO mAP of its checkpoint on the clean held-out set.
+
+    ``metrics.json`` goes into the training's folder; a retry that finds it for the same
+    checkpoint does not evaluate again.
+
+    :return: :func:`train_round`'s result with ``"metrics"`` = the held-out COCO metrics
+        (``map50_95``, ``map50``, ``per_class``, ``n_images``, ``n_predictions``,
+        ``checkpoint``) and ``"train_metrics"`` = Ultralytics' own validation metrics.
+    """
+    from hitl_plugin.model.evaluate import METRICS_FILE, evaluate
+
+    result = train_round(config, root=root, dag_id=dag_id, run_id=run_id, version=version,
+                         epochs=epochs, imgsz=imgsz, name=name)
+    model_dir = Path(result["model_dir"])
+    metrics_file = model_dir / METRICS_FILE
+    metrics = None
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        if metrics.get("checkpoint") != str(Path(result["checkpoint"]).absolute()):
+            metrics = None
+    if metrics is None:
+        metrics = evaluate(
+            Path(result["checkpoint"]), Path(result["data_yaml"]),
+            Layout.at(root).val_file(config.dataset.name), model_dir / "eval",
+            imgsz=int(imgsz or config.training.imgsz), device=config.training.device,
+            metrics_path=metrics_file,
+        )
+    return {**result, "train_metrics": result["metrics"], "metrics": metrics}
