@@ -242,6 +242,7 @@ def _in_child(fn, *args):
 
 def run(*, images: int, boxes: int, corrections: int, seed: int, folder: Path) -> dict:
     root = str(folder / "root")
+    load_before = os.getloadavg()
     gen = _in_child(_generate, root, images, boxes, corrections, seed)
     from hitl_plugin.dataset.store import DatasetStore
 
@@ -256,6 +257,8 @@ def run(*, images: int, boxes: int, corrections: int, seed: int, folder: Path) -
     return {
         "images": images, "boxes": boxes, "corrections": corrections, "seed": seed,
         "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+        # the machine is shared: the 1-minute load average before and after, for context
+        "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "file_mib": round(size / mib, 1),
         "merge_seconds": round(merged["seconds"], 2),
         "merge_read_corrections_seconds": round(merged["read_corrections_seconds"], 2),
