@@ -423,3 +423,17 @@ def test_kill_9_mid_merge_leaves_latest_and_a_retry_publishes_once(store, tmp_pa
     assert out["version"] == "v0002" and store.versions() == ["v0001", "v0002"]
     store.recover()
     assert not list(store.dir.glob(".tmp-*")) and store.load()["hitl_history"]
+
+
+def test_bench_merge_runs_small(tmp_path):
+    from hitl_plugin.bench.merge import run
+
+    result = run(images=300, boxes=2000, corrections=60, seed=1, folder=tmp_path)
+    merged, counts = result["merged"], result["merge_counts"]
+    mix = result["corrections_mix"]
+    assert result["idempotent_rerun_same_output"] is True
+    assert merged["version"] == "v0002" and merged["rejected"] == mix["unknown_image_ids"]
+    assert merged["images_corrected"] == mix["labeled_train_images"] + mix["labeled_pool_images"]
+    assert merged["annotations"] == 2000 - counts["boxes_removed"] + counts["boxes_added"]
+    assert merged["history_records"] == merged["images_corrected"]
+    assert result["merge_seconds"] > 0 and result["merge_peak_rss_mib"] > 0
