@@ -176,6 +176,8 @@ def run(
     work: Path | None = None,
     device: str = "auto",
     selection: SelectionConfig | None = None,
+    retrain_strategies: tuple[str, ...] | None = None,
+    threads: int = 2,
 ) -> dict:
     """Run the benchmark; return the JSON-ready result (see the module docstring)."""
     from hitl_plugin.model.evaluate import evaluate
@@ -221,7 +223,7 @@ def run(
             # no per-epoch validation (the last epoch's best = last): evaluate() scores it
             result = train(yaml_path, work / "models" / name, weights=weights, epochs=epochs,
                            imgsz=imgsz, batch=batch, device=device, seed=seed,
-                           extra_args={"val": False})
+                           threads=threads, extra_args={"val": False})
         with timer(f"evaluate_{name}"):
             metrics = evaluate(Path(result["checkpoint"]), yaml_path, val_file,
                                work / "eval" / name, imgsz=imgsz, device=device)
@@ -246,7 +248,7 @@ def run(
     kinds: dict[str, int] = {}
     with timer("score"), open(scores_path, "w", encoding="utf-8") as out:
         for path, boxes in predict_stream(noisy["checkpoint"], list_file, imgsz=imgsz,
-                                          device=device, conf=LOW_CONF):
+                                          device=device, conf=LOW_CONF, threads=threads):
             img = by_path[str(Path(path).resolve())]
             preds = [{"bbox": b["bbox"], "category_id": categories[b["cls"]],
                       "score": round(b["score"], 4),
@@ -299,6 +301,9 @@ def run(
         _, truth_metrics = fit("truth", corrected(coco, truth, {i["id"] for i in train_images}))
         truth_map = truth_metrics["map50_95"]
         for name, ids in picks.items():
+            if retrain_strategies is not None and name not in retrain_strategies and not (
+                    name.startswith("cleanlab") and "cleanlab" in retrain_strategies):
+                continue
             _, after = fit(name, corrected(coco, truth, set(ids)), set(ids))
             gap = truth_map - before["map50_95"]
             results[name].update({
@@ -339,10 +344,14 @@ def main(argv: list[str], prog: str = "hitl bench selection") -> int:
                         help="comma-separated: ours, random, cleanlab")
     parser.add_argument("--no-retrain", action="store_true",
                         help="report the precision figures only (one training)")
+    parser.add_argument("--retrain-strategies", default=None,
+                        help="retrain only for these (comma-separated; default: all). "
+                        "cleanlab_default and cleanlab_p05 may be named one by one")
     parser.add_argument("--weights", default="builtin",
                         help="starting weights: builtin (the shipped base checkpoint, else "
                         "scratch), scratch, or a local .pt")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--work", type=Path, default=None,
                         help="working folder (default: a temporary one, removed at the end)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -362,7 +371,9 @@ def main(argv: list[str], prog: str = "hitl bench selection") -> int:
         result = run(args.data, budget=budget, epochs=args.epochs, imgsz=args.imgsz,
                      batch=args.batch, seed=args.seed, strategies=strategies,
                      retrain=not args.no_retrain, weights=weights, work=args.work,
-                     device=args.device)
+                     device=args.device, threads=args.threads,
+                     retrain_strategies=tuple(s.strip() for s in args.retrain_strategies.split(","))
+                     if args.retrain_strategies else None)
     except ValueError as exc:
         parser.error(str(exc))
     if not keep:

@@ -198,3 +198,22 @@ def test_write_selection_and_batches(tmp_path):
     json.dumps(batches(7, 3, out))  # XCom-safe
     with pytest.raises(ValueError):
         batches(7, 0, out)
+
+
+def test_bench_metrics_by_hand():
+    from hitl_plugin.bench.selection import auroc, corrected, precision_recall
+
+    assert precision_recall([1, 2, 3, 4], {2, 4, 9}) == {
+        "label_error_precision": 0.5, "label_error_recall": round(2 / 3, 4), "hits": 2,
+        "selected": 4}
+    assert auroc({1: 0.9, 2: 0.8, 3: 0.1}, {1, 2}) == 1.0
+    assert auroc({1: 0.1, 2: 0.8, 3: 0.9}, {1}) == 0.0
+    assert auroc({1: 0.5, 2: 0.5}, {1}) == 0.5  # a tie counts half
+    noisy = {"images": [], "categories": [], "annotations": [
+        {"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1]}, {"id": 2, "image_id": 2}]}
+    truth = {"annotations": [{"id": 1, "image_id": 1, "bbox": [5, 5, 1, 1]},
+                             {"id": 3, "image_id": 2}]}
+    fixed = corrected(noisy, truth, {1})
+    assert sorted((a["id"], a.get("source")) for a in fixed["annotations"]) == [
+        (1, "human"), (2, None)]
+    assert fixed["annotations"][-1]["bbox"] == [5, 5, 1, 1]
