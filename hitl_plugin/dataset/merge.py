@@ -318,6 +318,8 @@ class _Merger:
                 "labeling_annotation_id": corr.annotation_id,
                 "replaced": old, "replaced_by": [a["id"] for a in new], "conflict": False,
             }
+            if corr.superseded:  # the service's other annotations of the task, which lost
+                record["labeling_superseded"] = list(corr.superseded)
             human = [a for a in old if a.get("source") == "human"]
             if human:
                 previous = max(human, key=lambda a: (a.get("round") or 0, a["id"]))

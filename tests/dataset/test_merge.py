@@ -309,6 +309,8 @@ def naive_merge(parent: dict, corrections: Corrections, *, number, human_weight,
                   "annotator": c.annotator or "unknown", "task_id": c.task_id,
                   "labeling_annotation_id": c.annotation_id, "replaced": old[i],
                   "replaced_by": [a["id"] for a in new], "conflict": False}
+        if c.superseded:
+            record["labeling_superseded"] = c.superseded
         human = [a for a in old[i] if a.get("source") == "human"]
         if human:
             prev = max(human, key=lambda a: (a["round"], a["id"]))
@@ -355,8 +357,9 @@ def _random_corrections(rng, version, parent, run):
                           else rng.choice([1, 2, 5]),
                           [rng.uniform(0, w - bw), rng.uniform(0, h - bh) + (
                               h if rng.random() < 0.05 else 0), bw, bh]))
-        items.append(_lab(image_id, boxes, annotator=rng.choice(["a", "b", None]),
-                          time=rng.choice([None, "2026-02-02T00:00:00Z"])))
+        items.append({**_lab(image_id, boxes, annotator=rng.choice(["a", "b", None]),
+                             time=rng.choice([None, "2026-02-02T00:00:00Z"])),
+                      "superseded": [900 + image_id] if rng.random() < 0.2 else []})
     items.append(items[0])  # a duplicate
     return _corr(version, items, run)
 
@@ -387,6 +390,7 @@ def test_streaming_merge_equals_the_naive_reference(tmp_path, seed):
         version = out["version"]
         for key in seen:
             seen[key] += out[key]
+    seen["superseded"] = sum("labeling_superseded" in h for h in got["hitl_history"])
     assert all(seen.values()), seen  # the random rounds exercised every rule
 
 
