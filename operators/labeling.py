@@ -74,7 +74,7 @@ class SubmitForLabelingOperator(BaseOperator):
     def execute(self, context: Context) -> dict:
         from hitl_plugin.config import load_config, storage_root
         from hitl_plugin.hooks.label_studio import LabelStudioHook
-        from hitl_plugin.labeling.project import ensure_project
+        from hitl_plugin.labeling.project import ensure_project_info
         from hitl_plugin.labeling.submit import submit_batch
         from hitl_plugin.paths import Layout
         from hitl_plugin.schemas import SelectionManifest
@@ -92,13 +92,15 @@ class SubmitForLabelingOperator(BaseOperator):
         model_version = _model_version(self.model_version) or selection.model_version
         class_names = [c.name for c in sorted(selection.categories, key=lambda c: c.id)]
         with LabelStudioHook(self.label_studio_conn_id).get_client() as client:
-            project_id = ensure_project(
+            project = ensure_project_info(
                 client, title=project_title(config, dag_id), class_names=class_names,
                 images_root=layout.images, model_version=model_version, lock_dir=round_dir)
+            project_id = project["id"]
             result = submit_batch(
                 client, project_id=project_id, selection=selection, start=int(batch["start"]),
                 stop=int(batch["stop"]), dag_id=dag_id, run_id=run_id,
-                model_version=model_version, round_dir=round_dir)
+                model_version=model_version, round_dir=round_dir,
+                sync_model_version=not project["model_version_ok"])
         self.log.info("Submitted %s new tasks (%s already present) to project %s",
                       result["submitted"], result["already_present"], project_id)
         return result

@@ -43,6 +43,22 @@ def ensure_project(client: LabelStudioClient, *, title: str, class_names: list[s
                    images_root: Path, model_version: str, lock_dir: Path | None = None) -> int:
     """Return the id of the project titled ``title``, creating or updating it as needed.
 
+    See :func:`ensure_project_info`.
+    """
+    return ensure_project_info(client, title=title, class_names=class_names,
+                               images_root=images_root, model_version=model_version,
+                               lock_dir=lock_dir)["id"]
+
+
+def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: list[str],
+                        images_root: Path, model_version: str,
+                        lock_dir: Path | None = None) -> dict:
+    """Find or create the project titled ``title`` and bring it up to date.
+
+    :return: ``{"id": project id, "model_version_ok": whether the project shows
+        ``model_version`` already}`` (False: set it after the import, see
+        :func:`set_model_version`).
+
     - creates it with a RectangleLabels config listing ``class_names`` when no project has the
       title (the lowest id wins if several do); adds missing classes to an existing config;
     - registers the local-files storage for ``images_root`` once (never synced: our tasks
@@ -69,7 +85,8 @@ def ensure_project(client: LabelStudioClient, *, title: str, class_names: list[s
                     log.warning("Could not delete the extra project %s: %s", created["id"], exc)
             log.info("Created Label Studio project %r (id %s)", title, project["id"])
         project_id = int(project["id"])
-        project = client.get_project(project_id)
+        if "label_config" not in project or "model_version" not in project:
+            project = client.get_project(project_id)
         missing = [n for n in class_names if n not in config_labels(project.get("label_config"))]
         if missing:
             log.info("Adding classes %s to the label config of project %s", missing, project_id)
@@ -81,9 +98,10 @@ def ensure_project(client: LabelStudioClient, *, title: str, class_names: list[s
             Path(path).mkdir(parents=True, exist_ok=True)
             client.create_local_storage(project_id, path, STORAGE_TITLE)
             log.info("Registered local-files storage %s for project %s", path, project_id)
-        if project.get("model_version") != model_version:
-            set_model_version(client, project_id, model_version)
-        return project_id
+        ok = project.get("model_version") == model_version
+        if not ok:
+            ok = set_model_version(client, project_id, model_version)
+        return {"id": project_id, "model_version_ok": ok}
 
 
 def set_model_version(client: LabelStudioClient, project_id: int, model_version: str) -> bool:

@@ -54,14 +54,31 @@ def submission_file(round_dir: Path, start: int, stop: int) -> Path:
     return Path(round_dir) / "submissions" / f"{int(start)}-{int(stop)}.json"
 
 
+def _other_splits(round_dir: Path, start: int, stop: int) -> bool:
+    """Whether a batch overlapping ``[start, stop)`` with other bounds was ever submitted."""
+    for path in (Path(round_dir) / "submissions").glob("*-*.json"):
+        try:
+            a, b = (int(v) for v in path.stem.split("-"))
+        except ValueError:
+            continue
+        if (a, b) != (start, stop) and a < stop and start < b:
+            return True
+    return False
+
+
 def submit_batch(client: LabelStudioClient, *, project_id: int, selection: SelectionManifest,
                  start: int, stop: int, dag_id: str, run_id: str, model_version: str,
-                 round_dir: Path | None = None, attempts: int = 3,
-                 backoff: float = 1.0) -> dict:
+                 round_dir: Path | None = None, attempts: int = 3, backoff: float = 1.0,
+                 sync_model_version: bool = True) -> dict:
     """Import the samples ``selection.items[start:stop]`` that the project does not hold yet.
 
-    :param round_dir: when given, ``submissions/<start>-<stop>.json`` is written there.
+    :param round_dir: the round folder: ``submissions/<start>-<stop>.json`` is written there
+        BEFORE the import (``status: importing``, the image ids) and after it (``done``, the
+        task ids). Its records make the narrow key query safe (see
+        :meth:`LabelStudioClient.tasks_by_key`); without it the exact range query is used.
     :param attempts: import attempts within this call when the import fails transiently.
+    :param sync_model_version: after importing, make the project show ``model_version`` (Label
+        Studio accepts a version only once predictions carry it); False when it already does.
     :return: ``{"project_id", "submitted", "already_present", "batch": [start, stop],
         "duplicates", "submission"}``; ``duplicates`` counts keys found more than once (left as
         they are; the lowest task id is used).
@@ -76,8 +93,21 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
     already: set[str] = set()
     duplicates = 0
     submitted = 0
+    label = f"{int(start)}-{int(stop)}"
+    # The narrow query (by batch label) is exact while the round's batch split never changed;
+    # the submissions folder tells whether another split of this round was ever sent.
+    narrow = round_dir is not None and not _other_splits(round_dir, start, stop)
+    if not narrow:
+        log.info("Batch %s: checking keys by image id range (no record of the round's split)",
+                 label)
+    if round_dir is not None:
+        write_json_atomic(submission_file(round_dir, start, stop), {
+            "status": "importing", "dag_id": dag_id, "run_id": run_id, "batch": [start, stop],
+            "image_ids": [s.image_id for s in samples.values()]})
     for attempt in range(max(1, attempts)):
-        found = client.tasks_by_key(project_id, list(samples)) if samples else {}
+        found = client.tasks_by_key(project_id, dag_id, run_id,
+                                    [s.image_id for s in samples.values()],
+                                    batch_label=label if narrow else None)
         for key, tasks in found.items():
             if key not in task_ids:
                 already.add(key)
@@ -87,7 +117,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         if not missing:
             break
         payload = [to_task(samples[k], dag_id=dag_id, run_id=run_id,
-                           model_version=model_version, names=names) for k in missing]
+                           model_version=model_version, names=names, batch=label)
+                   for k in missing]
         try:
             ids = client.import_tasks(project_id, payload)
         except LabelStudioError as exc:
@@ -105,7 +136,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         task_ids.update(zip(missing, ids))
         submitted += len(ids)
         break
-    if task_ids and (client.get_project(project_id) or {}).get("model_version") != model_version:
+    if sync_model_version and submitted and (
+            client.get_project(project_id) or {}).get("model_version") != model_version:
         set_model_version(client, project_id, model_version)
     result = {
         "project_id": int(project_id),
@@ -117,7 +149,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
     if round_dir is not None:
         path = submission_file(round_dir, start, stop)
         write_json_atomic(path, {
-            **result, "dag_id": dag_id, "run_id": run_id, "model_version": model_version,
+            **result, "status": "done", "dag_id": dag_id, "run_id": run_id,
+            "model_version": model_version,
             "tasks": {str(samples[k].image_id): task_ids[k] for k in samples if k in task_ids},
         })
         result["submission"] = str(path)

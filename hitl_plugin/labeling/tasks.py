@@ -91,10 +91,12 @@ def box_to_region(bbox: list[float], label: str, width: int, height: int, *,
 
 
 def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: str,
-            names: dict[int, str]) -> dict:
+            names: dict[int, str], batch: str | None = None) -> dict:
     """One selected sample as a Label Studio task, with the model's boxes as predictions.
 
     :param names: category id -> class name (the label values of the project).
+    :param batch: the submit batch, ``"<start>-<stop>"`` (``data.hitl_batch``), which lets a
+        retried submit find its earlier tasks with one narrow query.
     """
     result = []
     for i, pred in enumerate(sample.predictions):
@@ -111,6 +113,8 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
         "hitl_reason": reason_text(sample, names),
         "hitl_split": sample.split,
     }
+    if batch is not None:
+        data["hitl_batch"] = batch
     task: dict[str, Any] = {"data": data}
     task["predictions"] = [{"model_version": model_version, "score": float(sample.score),
                             "result": result}]
