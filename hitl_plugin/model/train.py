@@ -304,7 +304,7 @@ def _final_metrics(metrics: Any) -> dict:
 
 
 def _result(out_dir: Path, run_dir: Path, epochs: int, resumed: int | None, metrics: dict,
-            seconds: float) -> dict:
+            seconds: float, device: str = "cpu") -> dict:
     weights = run_dir / "weights"
     best = weights / "best.pt" if (weights / "best.pt").exists() else weights / "last.pt"
     rows = read_epochs(out_dir)
@@ -319,6 +319,7 @@ def _result(out_dir: Path, run_dir: Path, epochs: int, resumed: int | None, metr
         "resumed_from_epoch": resumed,
         "metrics": metrics,
         "seconds": round(seconds, 2),
+        "device": device,
     }
 
 
@@ -382,7 +383,7 @@ def train(
             for f in (last, run_dir / "weights" / "best.pt"):
                 if f.exists() and checkpoint_state(f)["state"] != "finished":
                     strip_optimizer(f)
-            result = _result(out_dir, run_dir, state["epochs"] or epochs, None, {}, 0.0)
+            result = _result(out_dir, run_dir, state["epochs"] or epochs, None, {}, 0.0, device)
             write_json_atomic(result_file, result)
             return result
         if state["state"] == "resumable":
@@ -396,12 +397,12 @@ def train(
                 workers=0 if device == "cpu" else 2, plots=plots,
             )
             result = _result(out_dir, run_dir, state["epochs"], resumed_from,
-                             _final_metrics(metrics), time.time() - started)
+                             _final_metrics(metrics), time.time() - started, device)
             write_json_atomic(result_file, result)
             return result
         log.warning("discarding the unreadable training in %s and starting again", run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)
-        (out_dir / EPOCHS_FILE).unlink(missing_ok=True)
+    (out_dir / EPOCHS_FILE).unlink(missing_ok=True)  # records of a training that left no checkpoint
 
     if weights is not None:
         model = ultralytics.YOLO(str(resolve_weights(weights)))
@@ -419,7 +420,7 @@ def train(
     args.update(extra_args or {})
     metrics = model.train(trainer=trainer_cls, **args)
     result = _result(out_dir, run_dir, epochs, None, _final_metrics(metrics),
-                     time.time() - started)
+                     time.time() - started, device)
     write_json_atomic(result_file, result)
     return result
 
