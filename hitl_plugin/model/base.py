@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
@@ -179,6 +180,8 @@ def build(out: Path, *, train: int = 400, val: int = 100, classes: int = 4, imgs
                        f"--val {val}",
         }
         write_json_atomic(out.with_suffix(".json"), sidecar)
+        for path in (out, out.with_suffix(".json")):
+            os.chmod(path, 0o644)  # shipped in the package: readable by everyone
         if size >= 10 * 1024 * 1024:
             raise RuntimeError(f"{out} is {size} bytes, over the 10 MB budget")
         return sidecar
