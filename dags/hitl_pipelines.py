@@ -1,4 +1,4 @@
-"""One human-in-the-loop training DAG per YAML file in ``dags/configs/``.
+"""Airflow DAG file: one human-in-the-loop training DAG per YAML file in ``dags/configs/``.
 
 Kept free of heavy imports: torch, ultralytics and pycocotools load inside tasks only.
 """

@@ -163,14 +163,19 @@ def build_dag(config: PipelineConfig) -> DAG:
             task_id="merge", config_path=path, corrections=collect.output,
             base_version=prepare.output, outlets=[dataset_asset(config)],
         )
-        report = RoundReportOperator(
-            task_id="report", config_path=path, results={
-                "version": prepare.output, "train": train.output, "gate": promote.output,
-                "selection": select.output, "corrections": collect.output,
-                "merge": merge.output,
-            },
-            retrain=config.training.retrain_after_merge,
-        )
+        results = {
+            "version": prepare.output, "train": train.output, "gate": promote.output,
+            "selection": select.output, "corrections": collect.output, "merge": merge.output,
+        }
+        if config.training.retrain_after_merge:
+            retrain = YoloTrainOperator(
+                task_id="retrain", config_path=path,
+                version="{{ ti.xcom_pull(task_ids='merge')['version'] }}",
+                epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}", name="after-merge",
+            )
+            merge >> retrain
+            results["retrain"] = retrain.output
+        report = RoundReportOperator(task_id="report", config_path=path, results=results)
         submit >> wait >> collect
         merge >> report
     return dag

@@ -109,8 +109,7 @@ def _fmt(value: float | None) -> str:
 
 
 def write_round_report(
-    layout: Layout, config: PipelineConfig, *, dag_id: str, run_id: str, results: dict,
-    retrain: dict | None = None,
+    layout: Layout, config: PipelineConfig, *, dag_id: str, run_id: str, results: dict
 ) -> dict:
     """Gather the round's results into ``report.json`` and ``report.png``.
 

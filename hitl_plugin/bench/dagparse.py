@@ -23,7 +23,7 @@ import airflow.sdk  # already loaded in the DAG processor
 t1 = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
 t2 = time.perf_counter()
-bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
+bag = DagBag(dag_folder=sys.argv[1])
 t3 = time.perf_counter()
 print(json.dumps({"airflow_import": t1 - t0, "parse": t3 - t2, "dags": sorted(bag.dag_ids),
                   "errors": len(bag.import_errors),

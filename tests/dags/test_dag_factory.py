@@ -14,13 +14,13 @@ DAG_FILE = REPO / "dags" / "hitl_pipelines.py"
 def _dagbag(folder: Path):
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(folder), include_examples=False)
+    return DagBag(dag_folder=str(folder))
 
 
 def test_shipped_dag_parses_with_the_round_tasks():
     bag = _dagbag(DAG_FILE)
     assert bag.import_errors == {}
-    dag = bag.get_dag("hitl_shapes")
+    dag = bag.dags["hitl_shapes"]
     assert {"prepare", "train", "gate", "score", "select", "submit", "wait_for_labels",
             "collect", "merge", "report"} <= set(dag.task_dict)
     assert dag.max_active_runs == 1 and dag.catchup is False
@@ -36,7 +36,7 @@ def test_shipped_dag_parses_with_the_round_tasks():
 def test_params_are_validated():
     from airflow.sdk import ParamsDict
 
-    dag = _dagbag(DAG_FILE).get_dag("hitl_shapes")
+    dag = _dagbag(DAG_FILE).dags["hitl_shapes"]
     params = ParamsDict(dag.params)
     params.update({"epochs": 3, "strategy": "random", "budget": 7})
     params.validate()
