@@ -147,7 +147,7 @@ class LabelsReadySensor(BaseSensorOperator):
         from hitl_plugin.labeling.client import round_counts_sync
         from hitl_plugin.triggers.label_studio import decide
 
-        with LabelStudioHook(self.label_studio_conn_id).get_client() as client:
+        with LabelStudioHook(self.label_studio_conn_id, retries=2).get_client() as client:
             counts = round_counts_sync(client, state["project_id"], state["dag_id"],
                                        state["run_id"])
         self.log.info("Round %s: %s/%s tasks done (%s annotated, %s skipped)", state["run_id"],
@@ -171,11 +171,20 @@ class LabelsReadySensor(BaseSensorOperator):
         self._state = self._settings(context)
         if not self.deferrable:
             return super().execute(context)
+        from hitl_plugin.labeling.client import LabelStudioError
+        from hitl_plugin.triggers.label_studio import LabelsReadyTrigger
+
         state = self._state
-        event = self._poll(state)
+        try:
+            event = self._poll(state)
+        except LabelStudioError as exc:
+            if not exc.transient:
+                raise AirflowException(f"Label Studio refused the first poke: {exc}") from None
+            # The trigger rides out an outage (with backoff) until the deadline.
+            self.log.warning("First poke failed (%s); deferring anyway", exc)
+            event = None
         if event is not None:
             return self._result(event, state["project_id"])
-        from hitl_plugin.triggers.label_studio import LabelsReadyTrigger
 
         remaining = (state["deadline"] - datetime.now(timezone.utc)).total_seconds()
         self.log.info("Deferring until the round is done or %s", state["deadline"].isoformat())

@@ -160,6 +160,13 @@ class _Base:
                                 path=path.split("?")[0], sent=sent)
 
     @staticmethod
+    def _total(body: Any, seen: int) -> int:
+        """The response's task count (a plain list has none: ask for the next page)."""
+        if isinstance(body, dict) and isinstance(body.get("total"), int):
+            return body["total"]
+        return seen + 1
+
+    @staticmethod
     def _payload(body: Any) -> list[dict]:
         return body.get("tasks", []) if isinstance(body, dict) else list(body or [])
 
@@ -300,7 +307,7 @@ class LabelStudioClient(_Base):
 
         :param include: only these task fields (e.g. ``"id,data"``), much faster to serve.
         """
-        page = 1
+        page, seen = 1, 0
         while True:
             params = {"project": int(project_id), "page": page, "page_size": page_size,
                       "fields": fields, "query": _query(filters, conjunction)}
@@ -309,7 +316,9 @@ class LabelStudioClient(_Base):
             body = self.request("GET", "/api/tasks/", params=params, ok404=True)
             batch = self._payload(body)
             yield from batch
-            if len(batch) < page_size:
+            seen += len(batch)
+            # The server may cap page_size (TASK_API_PAGE_SIZE_MAX): stop on its total.
+            if not batch or seen >= self._total(body, seen):
                 return
             page += 1
 
@@ -439,7 +448,7 @@ class AsyncLabelStudioClient(_Base):
 
     async def iter_tasks(self, project_id: int, filters: Sequence[dict] = (), *,
                          fields: str = "task_only", page_size: int = 100) -> AsyncIterator[dict]:
-        page = 1
+        page, seen = 1, 0
         while True:
             body = await self.request("GET", "/api/tasks/", params={
                 "project": int(project_id), "page": page, "page_size": page_size,
@@ -447,7 +456,8 @@ class AsyncLabelStudioClient(_Base):
             batch = self._payload(body)
             for task in batch:
                 yield task
-            if len(batch) < page_size:
+            seen += len(batch)
+            if not batch or seen >= self._total(body, seen):
                 return
             page += 1
 

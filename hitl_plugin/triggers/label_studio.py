@@ -183,8 +183,8 @@ class LabelsReadyTrigger(BaseTrigger):
             error_type = "auth"
         elif status == 404:
             error_type = "not_found"
-        elif not isinstance(exc, LabelStudioError):
-            error_type = "config"  # no usable connection: waiting cannot fix it
+        elif not isinstance(exc, LabelStudioError) or not exc.transient:
+            error_type = "config"  # no usable connection, or a request the service refuses
         elif datetime.now(timezone.utc) >= self.deadline:
             error_type = "service_unavailable"
         if error_type is None:
@@ -193,7 +193,8 @@ class LabelsReadyTrigger(BaseTrigger):
             "auth": "Label Studio refused the API token of connection "
                     f"{self.label_studio_conn_id!r}",
             "not_found": f"Label Studio project {self.project_id} was not found",
-            "config": f"connection {self.label_studio_conn_id!r} is not usable",
+            "config": f"Label Studio connection {self.label_studio_conn_id!r} or request is "
+                      "not usable",
             "service_unavailable": "Label Studio stayed unreachable until the deadline "
                                    f"{self.deadline.isoformat()}",
         }[error_type]

@@ -121,3 +121,16 @@ def test_arguments_are_checked(setup):
         ).execute(context())
     assert {"submissions", "completion", "min_fraction", "label_studio_conn_id"} <= set(
         LabelsReadySensor.template_fields)
+
+
+def test_first_poke_during_an_outage_defers_a_refusal_fails(setup):
+    stub, config, _ = setup
+    stub.fault("GET", "/api/tasks/", status=503, times=100)
+    with pytest.raises(TaskDeferred):
+        sensor(config).execute(context())
+    stub.state.faults.clear()
+    stub.fault("GET", "/api/tasks/", status=400, times=100)
+    from airflow.sdk.exceptions import AirflowException
+
+    with pytest.raises(AirflowException, match="refused the first poke"):
+        sensor(config).execute(context())

@@ -138,6 +138,14 @@ def test_bad_token_ends_at_once(stub_ls, conn, monkeypatch):
     assert "not-the-token" not in json.dumps(event)
 
 
+def test_a_refused_request_ends_at_once(stub_ls, conn):
+    stub_ls.fault("GET", "/api/tasks/", status=400, times=100)
+    event = asyncio.run(_first_event(_trigger(
+        conn, deadline=datetime.now(timezone.utc) + timedelta(hours=1))))
+    assert event["status"] == "error" and event["error_type"] == "config"
+    assert "HTTP 400" in event["error"]
+
+
 def test_missing_connection_is_a_config_error():
     event = asyncio.run(_first_event(_trigger(
         "no_such_conn_anywhere", deadline=datetime.now(timezone.utc) + timedelta(hours=1))))
