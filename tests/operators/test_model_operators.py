@@ -130,13 +130,16 @@ def test_train_evaluate_gate_twice_in_dag_test(airflow_env, tmp_path):
     gate = first["gate"]
     assert gate["promoted"] is True and gate["model_version"] == f"hitl_model_test/" \
         f"{first['run_id']}"
-    promoted = json.loads((model_dir / "PROMOTED.json").read_text())
-    assert promoted["checkpoint"] == gate["checkpoint"] and Path(gate["checkpoint"]).is_file()
+    history = [json.loads(line) for line in
+               (model_dir / "promoted" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["checkpoint"] == gate["checkpoint"] and Path(gate["checkpoint"]).is_file()
+    assert history[0]["metrics"] == metrics
 
     # The second round warm-starts from the promoted checkpoint; the gate compares.
     assert second["train"]["weights_source"] == "promoted"
     better = second["train"]["metrics"]["map50_95"] > metrics["map50_95"]
     assert second["gate"]["promoted"] is better
+    assert len(history) == (2 if better else 1)
     kept = second["gate"]["checkpoint"]
     assert kept == (json.loads((model_dir / "PROMOTED.json").read_text())["checkpoint"])
     winner = second if better else first
