@@ -58,6 +58,8 @@ class YoloTrainOperator(BaseOperator):
     :param version: the dataset version (default: the latest).
     :param epochs: epochs for this run (default: ``training.epochs``).
     :param imgsz: image size for this run (default: ``training.imgsz``).
+    :param name: a sub-folder of the run's model folder, for a second training in the same
+        run (the retrain on the merged version that ends a round).
     """
 
     template_fields: Sequence[str] = ("config_path", "version", "epochs", "imgsz")
@@ -69,6 +71,7 @@ class YoloTrainOperator(BaseOperator):
         version: str | None = None,
         epochs: int | str | None = None,
         imgsz: int | str | None = None,
+        name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -78,6 +81,7 @@ class YoloTrainOperator(BaseOperator):
         self.version = version
         self.epochs = epochs
         self.imgsz = imgsz
+        self.name = name
 
     def execute(self, context: Context) -> dict:
         from hitl_plugin.config import load_config, storage_root
@@ -89,6 +93,7 @@ class YoloTrainOperator(BaseOperator):
         result = train_and_evaluate(
             config, root=storage_root(config), dag_id=context["dag"].dag_id,
             run_id=context["run_id"], version=self.version or None, epochs=epochs, imgsz=imgsz,
+            name=self.name,
         )
         metrics = result["metrics"]
         self.log.info("Trained %s (%s epochs, warm start: %s, resumed from epoch %s)",
