@@ -9,6 +9,7 @@ so retries (ours or Airflow's) never create a second task for a key.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -54,14 +55,26 @@ def submission_file(round_dir: Path, start: int, stop: int) -> Path:
     return Path(round_dir) / "submissions" / f"{int(start)}-{int(stop)}.json"
 
 
-def _other_splits(round_dir: Path, start: int, stop: int) -> bool:
-    """Whether a batch overlapping ``[start, stop)`` with other bounds was ever submitted."""
+def _other_splits(round_dir: Path, start: int, stop: int, image_ids: list[int]) -> bool:
+    """Whether any of ``image_ids`` may have been sent under another batch label.
+
+    True when a record of this round holds one of the ids under other bounds, or when the
+    record of these bounds holds other ids (the selection was written again); also for an
+    unreadable record. Each record lists its image ids from before its import.
+    """
+    ours = set(image_ids)
     for path in (Path(round_dir) / "submissions").glob("*-*.json"):
         try:
             a, b = (int(v) for v in path.stem.split("-"))
         except ValueError:
             continue
-        if (a, b) != (start, stop) and a < stop and start < b:
+        try:
+            ids = set(json.loads(path.read_text(encoding="utf-8")).get("image_ids") or ())
+        except (OSError, ValueError, AttributeError, TypeError):
+            return True
+        if (a, b) == (start, stop) and ids != ours:
+            return True
+        if (a, b) != (start, stop) and ids & ours:
             return True
     return False
 
@@ -96,17 +109,17 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
     label = f"{int(start)}-{int(stop)}"
     # The narrow query (by batch label) is exact while the round's batch split never changed;
     # the submissions folder tells whether another split of this round was ever sent.
-    narrow = round_dir is not None and not _other_splits(round_dir, start, stop)
+    ids = [s.image_id for s in samples.values()]
+    narrow = round_dir is not None and not _other_splits(round_dir, start, stop, ids)
     if not narrow:
         log.info("Batch %s: checking keys by image id range (no record of the round's split)",
                  label)
     if round_dir is not None:
         write_json_atomic(submission_file(round_dir, start, stop), {
             "status": "importing", "dag_id": dag_id, "run_id": run_id, "batch": [start, stop],
-            "image_ids": [s.image_id for s in samples.values()]})
+            "image_ids": ids})
     for attempt in range(max(1, attempts)):
-        found = client.tasks_by_key(project_id, dag_id, run_id,
-                                    [s.image_id for s in samples.values()],
+        found = client.tasks_by_key(project_id, dag_id, run_id, ids,
                                     batch_label=label if narrow else None)
         for key, tasks in found.items():
             if key not in task_ids:
@@ -120,7 +133,7 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
                            model_version=model_version, names=names, batch=label)
                    for k in missing]
         try:
-            ids = client.import_tasks(project_id, payload)
+            new_ids = client.import_tasks(project_id, payload)
         except LabelStudioError as exc:
             if not exc.transient or attempt + 1 >= attempts:
                 raise
@@ -129,12 +142,12 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
                         len(payload), exc.reason, delay)
             time.sleep(delay)
             continue
-        if len(ids) != len(missing):
-            raise LabelStudioError(f"import returned {len(ids)} task ids for {len(missing)} "
+        if len(new_ids) != len(missing):
+            raise LabelStudioError(f"import returned {len(new_ids)} task ids for {len(missing)} "
                                    f"tasks", status=None, method="POST",
                                    path=f"/api/projects/{project_id}/import")
-        task_ids.update(zip(missing, ids))
-        submitted += len(ids)
+        task_ids.update(zip(missing, new_ids))
+        submitted += len(new_ids)
         break
     if sync_model_version and submitted and (
             client.get_project(project_id) or {}).get("model_version") != model_version:
@@ -150,7 +163,7 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         path = submission_file(round_dir, start, stop)
         write_json_atomic(path, {
             **result, "status": "done", "dag_id": dag_id, "run_id": run_id,
-            "model_version": model_version,
+            "model_version": model_version, "image_ids": ids,
             "tasks": {str(samples[k].image_id): task_ids[k] for k in samples if k in task_ids},
         })
         result["submission"] = str(path)

@@ -212,6 +212,12 @@ def test_submit_is_idempotent_even_when_the_connection_drops_mid_import(label_st
                          dag_id="dag_it", run_id="manual__it", model_version="m1",
                          round_dir=round_dir)
     assert (other["submitted"], other["already_present"]) == (0, 6)
+    # The selection written again in another order, same bounds: still no duplicate.
+    rewritten = sel.model_copy(update={"items": list(reversed(sel.items))})
+    again = submit_batch(client, project_id=pid, selection=rewritten, start=0, stop=6,
+                         dag_id="dag_it", run_id="manual__it", model_version="m1",
+                         round_dir=round_dir)
+    assert (again["submitted"], again["already_present"]) == (0, 6)
     no_record = submit_batch(client, project_id=pid, selection=sel, start=0, stop=12,
                              dag_id="dag_it", run_id="manual__it", model_version="m1")
     assert (no_record["submitted"], no_record["already_present"]) == (0, 12)
