@@ -18,14 +18,11 @@ restarted triggerer resumes with the same deadline. It sleeps once per loop, als
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypedDict
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-
-log = logging.getLogger(__name__)
 
 Completion = Literal["all", "fraction"]
 OnTimeout = Literal["continue", "fail"]
@@ -231,11 +228,11 @@ class LabelsReadyTrigger(BaseTrigger):
                     errors = 0
                     event = self._check_counts(counts)
                     if event is None:
-                        log.info("Round %s: %s/%s tasks done", self.run_id,
+                        self.log.info("Round %s: %s/%s tasks done", self.run_id,
                                  counts["completed"], max(counts["total"], self.expected or 0))
                 except (LabelStudioError, ValueError) as exc:
                     errors += 1
-                    log.warning("Polling Label Studio failed (%s in a row): %s", errors, exc)
+                    self.log.warning("Polling Label Studio failed (%s in a row): %s", errors, exc)
                     event = self._check_error(exc)
                 if event is not None:
                     yield TriggerEvent(event)

@@ -1,0 +1,125 @@
+"""The deferrable sensor under the REAL triggerer (not ``dag.test()``'s inline triggers): the
+trigger class must import from the installed package, read its connection asynchronously and
+resume the task. Submit (mapped) -> wait -> collect, against the real Label Studio, while
+SIMULATED annotators label slowly enough that the sensor defers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hitl_plugin.labeling.client import LabelStudioClient
+from hitl_plugin.labeling.simulator import simulate
+from hitl_plugin.schemas import SelectionManifest, write_json_atomic
+from hitl_plugin.stack import AirflowApi, AirflowStack, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DAG_ID = "hitl_labeling_triggerer_test"
+
+DAG_FILE = '''
+import json, os
+from airflow.sdk import DAG, task
+from hitl_plugin.operators.labeling import CollectCorrectionsOperator, SubmitForLabelingOperator
+from hitl_plugin.sensors.label_studio import LabelsReadySensor
+
+CONFIG = os.environ["HITL_TEST_CONFIG"]
+SELECTION = os.environ["HITL_TEST_SELECTION"]
+
+with DAG("%s", schedule=None, render_template_as_native_obj=True) as dag:
+    submit = SubmitForLabelingOperator.partial(task_id="submit", config_path=CONFIG).expand(
+        batch=[{"selection": SELECTION, "start": 0, "stop": 2},
+               {"selection": SELECTION, "start": 2, "stop": 4}])
+    wait = LabelsReadySensor(task_id="wait", config_path=CONFIG, submissions=submit.output)
+    collect = CollectCorrectionsOperator(task_id="collect", config_path=CONFIG,
+                                         selection=SELECTION, submissions=submit.output)
+
+    @task
+    def record(waited, collected):
+        with open(os.environ["HITL_TEST_OUT"], "w") as fh:
+            json.dump({"wait": waited, "collect": collected}, fh)
+
+    submit >> wait >> collect
+    record(wait.output, collect.output)
+''' % DAG_ID
+
+
+def test_sensor_defers_to_the_real_triggerer_and_resumes(label_studio, tmp_path):
+    root = label_studio.root
+    items = [{"image_id": 700 + i, "file_name": f"trig/{i}.png", "width": 80, "height": 60,
+              "split": "pool", "reason": "uncertainty", "score": 0.6,
+              "predictions": [{"bbox": [5.0, 5.0, 20.0, 20.0], "category_id": 1,
+                               "score": 0.5}]} for i in range(4)]
+    selection = write_json_atomic(tmp_path / "selection.json", SelectionManifest(
+        dag_id=DAG_ID, run_id="prepared", dataset="trig", version="v0001",
+        model_version="trig-m1", categories=[{"id": 1, "name": "circle"}],
+        strategy="uncertainty", budget=4, seed=0, items=items))
+    truth = {"categories": [{"id": 1, "name": "circle"}],
+             "images": [{"id": 700 + i, "width": 80, "height": 60} for i in range(4)],
+             "annotations": [{"id": i + 1, "image_id": 700 + i, "category_id": 1,
+                              "bbox": [10.0, 10.0, 30.0, 20.0]} for i in range(4)]}
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "dag_id": DAG_ID, "storage": {"root": str(root)}, "schedule": {"cron": None},
+        "labeling": {"timeout_hours": 0.1, "poke_interval": 1.0}}))
+    out = tmp_path / "xcom.json"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "labeling_triggerer_dag.py").write_text(DAG_FILE)
+
+    stack = AirflowStack(tmp_path / "home", port=free_port(), dags_folder=dags, extra_env={
+        "HITL_TEST_CONFIG": str(config), "HITL_TEST_SELECTION": str(selection),
+        "HITL_TEST_OUT": str(out)})
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    done, summary = threading.Event(), {}
+    stack.start()
+    try:
+        api = AirflowApi(stack.url, "admin", stack.password())
+        api.set_connection({"connection_id": "label_studio_default",
+                            "conn_type": "label_studio", "host": label_studio.url,
+                            "password": label_studio.token})
+        api.wait_for_dag(DAG_ID)
+        api.unpause(DAG_ID)
+        run_id = api.trigger(DAG_ID)["dag_run_id"]
+
+        def annotators():
+            project = None
+            while project is None and not done.is_set():
+                found = client.find_project(f"hitl-{DAG_ID}")
+                project = found and found["id"]
+                done.wait(0.5)
+            # Slow people: the sensor's first poke finds the round unfinished and defers.
+            done.wait(4)
+            if project is not None and not done.is_set():
+                summary.update(simulate(label_studio.url, label_studio.token, project, truth,
+                                        until_empty=True, timeout=120, stop_event=done,
+                                        poll=0.5, latency=0.5))
+
+        thread = threading.Thread(target=annotators, daemon=True)
+        thread.start()
+        run = api.wait_run(DAG_ID, run_id, timeout=300, poll=2)
+        done.set()
+        thread.join(30)
+        tis = {(t["task_id"], t.get("map_index", -1)): t
+               for t in api.task_instances(DAG_ID, run_id)}
+        assert run["state"] == "success", {k: t["state"] for k, t in tis.items()}
+    finally:
+        done.set()
+        stack.stop()
+
+    assert tis[("wait", -1)]["try_number"] == 1  # resumed by the trigger, not by a retry
+    logs = "\n".join(p.read_text(errors="replace") for p in (stack.airflow_home / "logs").rglob(
+        "*.log") if "task_id=wait" in str(p))
+    assert "Deferring until the round is done" in logs
+    trigger_logs = "\n".join(p.read_text(errors="replace") for p in (
+        stack.airflow_home / "logs").rglob("*.trigger.*log") if "task_id=wait" in str(p))
+    assert "Trigger fired event" in trigger_logs  # the triggerer ran our trigger
+    triggerer = (stack.run_dir / "triggerer.log").read_text(errors="replace")
+    assert "ModuleNotFoundError" not in triggerer and label_studio.token not in triggerer
+    xcom = json.loads(Path(out).read_text())
+    assert xcom["wait"]["complete"] and xcom["wait"]["completed"] == 4
+    assert xcom["collect"]["labeled"] == 4 and xcom["collect"]["rejected"] == 0
