@@ -204,3 +204,14 @@ def test_architecture_must_be_a_yaml():
     with pytest.raises(ValueError, match="downloaded"):
         _architecture_path("yolov8n.pt")
     assert _architecture_path("yolov8n.yaml") == "yolov8n.yaml"
+
+
+def test_threads_are_capped_by_cpus_and_by_other_load(monkeypatch):
+    from hitl_plugin.model import train as train_mod
+
+    monkeypatch.setattr(train_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train_mod.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert train_mod.choose_threads(2) == 2 and train_mod.choose_threads(8) == 2
+    monkeypatch.setattr(train_mod.os, "getloadavg", lambda: (4.5, 0.0, 0.0))
+    assert train_mod.choose_threads(2) == 1  # busy cores: spinning threads collapse
+    assert train_mod.choose_threads(2, adapt=False) == 2
