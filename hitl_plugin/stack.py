@@ -225,6 +225,35 @@ class AirflowStack:
         for name in reversed(list(COMPONENTS)):
             if stop_pid_file(self.run_dir / f"{name}.pid"):
                 log.info("stopped %s", name)
+        # Task processes run in sessions of their own: end those of this Airflow home too.
+        for pid in _pids_holding(self.airflow_home):
+            log.info("stopping leftover task process %s", pid)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids_holding(folder: Path) -> list[int]:
+    """Processes with a file open under ``folder`` (Linux /proc; Airflow's task processes
+    rewrite their environment for their process title, so it cannot be read instead)."""
+    prefix = str(folder) + os.sep
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        if any(link.startswith(prefix) for link in links):
+            found.append(int(entry.name))
+    return found
 
 
 def _tail(path: Path, n: int = 15) -> str:
