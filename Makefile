@@ -39,7 +39,7 @@ stop:
 	-$(VENV)/bin/hitl stack stop
 
 base-checkpoint: setup
-	$(VENV)/bin/hitl base-checkpoint --out hitl_plugin/assets/base_yolov8n.pt
+	$(VENV)/bin/hitl base-checkpoint --out hitl_plugin/assets/base_yolov8n.pt --epochs 50 --imgsz 160 --data-imgsz 128 --seed 1000 --train 400 --val 100
 
 clean:
 	rm -rf $(VENV) $(LSVENV) .hitl
