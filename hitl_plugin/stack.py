@@ -282,7 +282,7 @@ class AirflowApi:
             raise StackError(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
         return resp.json() if resp.content else {}
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 180.0) -> dict:
+    def wait_for_dag(self, dag_id: str, timeout: float = 360.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             resp = self.session.get(f"{self.url}/api/v2/dags/{dag_id}", timeout=30)
