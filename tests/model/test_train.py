@@ -114,7 +114,10 @@ RUNNER = textwrap.dedent(
     logging.basicConfig(level=logging.INFO)
     from hitl_plugin.model.train import train
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    result = train(data, out, epochs=4, imgsz=64, batch=8, seed=1)
+    rows = json.loads((data.parent / "weights.json").read_text())
+    weights = {row["path"]: 3.0 if i % 4 == 0 else 1.0 for i, row in enumerate(rows)}
+    # weighted: the custom trainer class must be passed again on resume
+    result = train(data, out, epochs=4, imgsz=64, batch=8, seed=1, image_weights=weights)
     print("RESULT=" + json.dumps(result))
     '''
 )
