@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from hitl_plugin.labeling.server import pid_alive, port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -38,35 +39,6 @@ class StackError(RuntimeError):
     """A component of the stack failed to start or answer."""
 
 
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def stop_pid_file(pid_file: Path, *, grace: float = 20.0) -> bool:
     """Stop the process group named by a PID file: SIGINT, then SIGTERM, then SIGKILL."""
     try:
@@ -80,9 +52,9 @@ def stop_pid_file(pid_file: Path, *, grace: float = 20.0) -> bool:
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.2)
-        if not _alive(pid):
+        if not pid_alive(pid):
             break
     pid_file.unlink(missing_ok=True)
     return True
@@ -164,7 +136,7 @@ class AirflowStack:
                 pid = int(pid_file.read_text())
             except (OSError, ValueError):
                 pid = None
-            status[name] = pid if pid and _alive(pid) else None
+            status[name] = pid if pid and pid_alive(pid) else None
         return status
 
     def start(self, *, timeout: float = 240.0) -> None:
@@ -172,7 +144,7 @@ class AirflowStack:
         if all(self.running().values()):
             log.info("Airflow already running at %s", self.url)
             return
-        if not port_free(self.port):
+        if port_in_use("127.0.0.1", self.port):
             raise StackError(
                 f"port {self.port} on 127.0.0.1 is taken; stop what uses it or choose another "
                 "port (HITL_AIRFLOW_PORT)"
@@ -233,9 +205,9 @@ class AirflowStack:
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and pid_alive(pid):
                 time.sleep(0.2)
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

@@ -146,7 +146,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Return True when ``pid`` runs and is not a zombie."""
     try:
         os.kill(pid, 0)
@@ -166,7 +166,7 @@ def _is_label_studio(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
-        return _alive(pid)  # no /proc: trust the pid file
+        return pid_alive(pid)  # no /proc: trust the pid file
     return b"label-studio" in cmdline or b"label_studio" in cmdline
 
 
@@ -251,7 +251,7 @@ class LabelStudioServer:
         if state is None:
             return None
         pid = state["pid"]
-        return pid if _alive(pid) and _is_label_studio(pid) else None
+        return pid if pid_alive(pid) and _is_label_studio(pid) else None
 
     def api_status(self, timeout: float = 3.0) -> int | None:
         """Return the status of ``GET /api/projects`` with our token; None when unreachable."""
@@ -393,7 +393,7 @@ class LabelStudioServer:
             if self._proc is not None and self._proc.pid == pid:
                 exited = self._proc.poll() is not None
             else:
-                exited = not _alive(pid)
+                exited = not pid_alive(pid)
             if exited:
                 raise LabelStudioError(
                     f"Label Studio exited while starting; last log lines "
@@ -461,7 +461,7 @@ class LabelStudioServer:
     def _running(self, pid: int) -> bool:
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None  # also reaps our own child
-        return _alive(pid)
+        return pid_alive(pid)
 
     @staticmethod
     def _signal(pid: int, sig: int, quiet: bool = False) -> None:

@@ -16,10 +16,11 @@ import pytest
 import yaml
 
 from hitl_plugin.dataset.store import DatasetStore
+from hitl_plugin.labeling.server import free_port
 from hitl_plugin.labeling.simulator import simulate
 from hitl_plugin.paths import Layout
 from hitl_plugin.schemas import Corrections, SelectionManifest
-from hitl_plugin.stack import AirflowApi, AirflowStack, free_port
+from hitl_plugin.stack import AirflowApi, AirflowStack
 from hitl_plugin.synth import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

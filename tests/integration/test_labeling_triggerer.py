@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from hitl_plugin.labeling.client import LabelStudioClient
+from hitl_plugin.labeling.server import free_port
 from hitl_plugin.labeling.simulator import simulate
 from hitl_plugin.schemas import SelectionManifest, write_json_atomic
-from hitl_plugin.stack import AirflowApi, AirflowStack, free_port
+from hitl_plugin.stack import AirflowApi, AirflowStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
