@@ -32,3 +32,27 @@ def stub_ls():
     """A stub Label Studio on 127.0.0.1 (tests/labeling/ls_stub.py), for faults only."""
     with _stub_module().StubLabelStudio() as stub:
         yield stub
+
+
+def _airflow_dag_env(home: Path, dag_files: dict[str, str], **extra: str) -> dict[str, str]:
+    import subprocess
+
+    env = {**os.environ, "AIRFLOW_HOME": str(home / "home"),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
+           **extra}
+    env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
+    (home / "dags").mkdir(parents=True, exist_ok=True)
+    for name, text in dag_files.items():
+        (home / "dags" / name).write_text(text)
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
+                   capture_output=True, check=True, timeout=300)
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_dag_env():
+    """``airflow_dag_env(home, {name: text})``: a fresh Airflow home with a migrated SQLite
+    database and these DAG files; returns the environment for a subprocess that runs one of
+    them with ``dag.test()``."""
+    return _airflow_dag_env

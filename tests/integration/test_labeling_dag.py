@@ -5,7 +5,6 @@ while SIMULATED annotators label, then collection."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -57,17 +56,10 @@ if __name__ == "__main__":
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
-    """A fresh Airflow home with a migrated SQLite database."""
+def airflow_env(tmp_path_factory, airflow_dag_env):
+    """A fresh Airflow home with a migrated SQLite database and a dags folder."""
     home = tmp_path_factory.mktemp("airflow-labeling")
-    env = {**os.environ, "AIRFLOW_HOME": str(home / "home"),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "AIRFLOW__CORE__UNIT_TEST_MODE": "false"}
-    (home / "dags").mkdir()
-    (home / "dags" / "labeling_dag.py").write_text(DAG_FILE)
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
-                   capture_output=True, check=True, timeout=300)
-    return home, env
+    return home, airflow_dag_env(home, {"labeling_dag.py": DAG_FILE})
 
 
 def _selection(root: Path) -> tuple[Path, dict]:

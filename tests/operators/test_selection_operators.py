@@ -4,7 +4,6 @@ real (tiny) Ultralytics model; and the module imports nothing heavy."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,17 +78,10 @@ if __name__ == "__main__":
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
+def airflow_env(tmp_path_factory, airflow_dag_env):
     """A fresh Airflow home with a migrated SQLite database and a dags folder."""
     home = tmp_path_factory.mktemp("airflow")
-    env = {**os.environ, "AIRFLOW_HOME": str(home / "home"),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "false", "AIRFLOW__CORE__UNIT_TEST_MODE": "false"}
-    (home / "dags").mkdir()
-    (home / "dags" / "select_dag.py").write_text(DAG_FILE)
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
-                   capture_output=True, check=True, timeout=300)
-    return home, env
+    return home, airflow_dag_env(home, {"select_dag.py": DAG_FILE})
 
 
 @pytest.fixture(scope="module")
