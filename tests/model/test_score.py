@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from hitl_plugin.config import SelectionConfig
 from hitl_plugin.model.score import (
+    KIND_WEIGHTS,
     aggregate,
     find_suspicions,
     iou_matrix,
@@ -108,7 +110,8 @@ def test_each_kind_is_found_with_its_boxes():
     assert by["class_swap"].score == pytest.approx(0.8 * (1 - 0.1))
     assert by["class_swap"].pred_category_id == 1 and by["class_swap"].label_category_id == 2
     assert by["missing"].pred_bbox == [150, 150, 20, 20] and by["missing"].score == 0.7
-    assert by["spurious"].score == pytest.approx(1.0) and by["spurious"].pred_bbox is None
+    assert by["spurious"].score == pytest.approx(KIND_WEIGHTS["spurious"])
+    assert by["spurious"].pred_bbox is None
     assert by["bad_box"].iou == pytest.approx(iou_matrix([[10, 100, 20, 20]],
                                                          [[16, 106, 20, 20]])[0, 0], abs=1e-4)
 
@@ -169,7 +172,7 @@ def test_score_record_pool_has_no_suspicions_and_keeps_confident_predictions():
     train = {**img, "hitl_split": "train"}
     rec = score_record(train, [lab(1, [40, 40, 5, 5], 3)], preds, CATS, sel)
     assert sorted(s.kind for s in rec.suspicions) == ["missing", "spurious"]
-    assert rec.label_error_score == pytest.approx(1 - (1 - 1.0) * (1 - 0.9))
+    assert rec.label_error_score == pytest.approx(1 - (1 - KIND_WEIGHTS["spurious"]) * (1 - 0.9))
     assert ImageScore.model_validate_json(rec.model_dump_json()) == rec
 
 
@@ -213,7 +216,8 @@ def test_predict_is_fed_a_list_file_not_a_python_list(tmp_path, monkeypatch):
 
 # -- a real model -------------------------------------------------------------------------
 
-BASE = Path(__file__).resolve().parents[2] / "hitl_plugin" / "assets" / "base_yolov8n.pt"
+BASE = Path(os.environ.get("HITL_TEST_BASE_CHECKPOINT") or Path(__file__).resolve().parents[2]
+            / "hitl_plugin" / "assets" / "base_yolov8n.pt")
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +335,9 @@ def test_real_model_finds_the_errors_we_inject(clean_model, tmp_path, monkeypatc
     assert found(ib, "class_swap", b_ann["id"])[0].pred_category_id == b_ann["category_id"]
     assert found(ic, "bad_box", c_ann["id"])
     assert found(id_, "spurious", new_id)
-    # the four edited images rank above every image left alone
+    # the edited images rank above every image left alone (spurious scores are scaled down:
+    # a model misses real objects too, so that one is only checked against its scale)
     untouched = max(r.label_error_score for i, r in recs.items() if i not in {ia, ib, ic, id_})
-    for image_id in (ia, ib, ic, id_):
+    for image_id in (ia, ib, ic):
         assert recs[image_id].label_error_score > max(untouched, 0.5), recs[image_id]
+    assert found(id_, "spurious", new_id)[0].score >= 0.9 * KIND_WEIGHTS["spurious"]
