@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,8 +179,13 @@ def run(
     selection: SelectionConfig | None = None,
     retrain_strategies: tuple[str, ...] | None = None,
     threads: int = 2,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run the benchmark; return the JSON-ready result (see the module docstring)."""
+    """Run the benchmark; return the JSON-ready result (see the module docstring).
+
+    :param on_progress: called with the partial result after scoring and after each
+        retraining (``complete`` is False until the end), so a run cut short still reports.
+    """
     from hitl_plugin.model.evaluate import evaluate
     from hitl_plugin.model.train import train
 
@@ -285,7 +291,7 @@ def run(
         picks["random"] = [i.image_id for i in manifest.items]
         results["random"] = {}
     if "cleanlab" in strategies:
-        for name, cut in (("cleanlab_default", None), ("cleanlab_p05", 0.5)):
+        for name, cut in (("cleanlab_p05", 0.5), ("cleanlab_default", None)):
             with timer(f"select_{name}"):
                 quality = cleanlab_scores(cl_labels, cl_preds, high_probability=cut)
             order = sorted(range(len(cl_ids)), key=lambda k: (quality[k], cl_ids[k]))
@@ -296,22 +302,7 @@ def run(
         results[name].update(precision_recall(ids, wrong))
         results[name]["map50_95_before"] = before["map50_95"]
 
-    truth_map = None
-    if retrain:
-        _, truth_metrics = fit("truth", corrected(coco, truth, {i["id"] for i in train_images}))
-        truth_map = truth_metrics["map50_95"]
-        for name, ids in picks.items():
-            if retrain_strategies is not None and name not in retrain_strategies and not (
-                    name.startswith("cleanlab") and "cleanlab" in retrain_strategies):
-                continue
-            _, after = fit(name, corrected(coco, truth, set(ids)), set(ids))
-            gap = truth_map - before["map50_95"]
-            results[name].update({
-                "map50_95_after": after["map50_95"],
-                "gap_recovered": round((after["map50_95"] - before["map50_95"]) / gap, 4)
-                if abs(gap) > 1e-9 else None,
-            })
-    return {
+    summary = {
         "data": str(data),
         "n_train_images": n_train,
         "images_with_errors": len(wrong),
@@ -323,12 +314,34 @@ def run(
         "seed": seed,
         "weights": str(weights) if weights else "scratch (yolov8n.yaml)",
         "map50_95_before": before["map50_95"],
-        "map50_95_truth": truth_map,
+        "map50_95_truth": None,
         "suspicions_by_kind": kinds,
         "strategies": results,
-        "seconds": {**timer.seconds, "total": round(time.monotonic() - started, 2)},
+        "complete": not retrain,
+        "seconds": timer.seconds,
         "work": str(work),
     }
+    if on_progress is not None:
+        on_progress(summary)
+    if retrain:
+        _, truth_metrics = fit("truth", corrected(coco, truth, {i["id"] for i in train_images}))
+        summary["map50_95_truth"] = truth_metrics["map50_95"]
+        gap = truth_metrics["map50_95"] - before["map50_95"]
+        for name, ids in picks.items():
+            if retrain_strategies is not None and name not in retrain_strategies and not (
+                    name.startswith("cleanlab") and "cleanlab" in retrain_strategies):
+                continue
+            _, after = fit(name, corrected(coco, truth, set(ids)), set(ids))
+            results[name].update({
+                "map50_95_after": after["map50_95"],
+                "gap_recovered": round((after["map50_95"] - before["map50_95"]) / gap, 4)
+                if abs(gap) > 1e-9 else None,
+            })
+            if on_progress is not None:
+                on_progress(summary)
+        summary["complete"] = True
+    summary["seconds"] = {**timer.seconds, "total": round(time.monotonic() - started, 2)}
+    return summary
 
 
 def main(argv: list[str], prog: str = "hitl bench selection") -> int:
@@ -367,13 +380,19 @@ def main(argv: list[str], prog: str = "hitl bench selection") -> int:
     budget = args.budget if 0 < args.budget < 1 else int(args.budget)
     strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
     keep = args.work is not None
+
+    def progress(partial: dict) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(partial, indent=1) + "\n")
+
     try:
         result = run(args.data, budget=budget, epochs=args.epochs, imgsz=args.imgsz,
                      batch=args.batch, seed=args.seed, strategies=strategies,
                      retrain=not args.no_retrain, weights=weights, work=args.work,
                      device=args.device, threads=args.threads,
                      retrain_strategies=tuple(s.strip() for s in args.retrain_strategies.split(","))
-                     if args.retrain_strategies else None)
+                     if args.retrain_strategies else None, on_progress=progress)
     except ValueError as exc:
         parser.error(str(exc))
     if not keep:
