@@ -60,9 +60,9 @@ from hitl_plugin.schemas import ImageScore, Prediction, Suspicion
 
 log = logging.getLogger(__name__)
 
-#: Boxes down to this score take part in the label checks (a label with any such support
-#: is not called spurious); only boxes at or above ``selection.conf`` become pre-annotations
-#: or count towards uncertainty.
+#: Boxes down to this score take part in the label checks (even weak support lowers a
+#: label's ``spurious`` score); only boxes at or above ``selection.conf`` become
+#: pre-annotations or count towards uncertainty.
 LOW_CONF = 0.01
 #: A confident same-class box overlapping an unmatched label at least this much is read as
 #: a badly drawn box of that object rather than a spurious label plus a missing one.
