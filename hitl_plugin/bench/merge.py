@@ -281,7 +281,8 @@ def run(*, images: int, boxes: int, corrections: int, seed: int, folder: Path) -
         "merged": {**merged["result"], "annotations": loaded["annotations"],
                    "history_records": loaded["history"]},
         "merge_counts": {k: report["counts"][k] for k in (
-            "boxes_added", "boxes_removed", "boxes_changed", "boxes_unchanged")},
+            "boxes_added", "boxes_removed", "boxes_changed", "boxes_unchanged",
+            "pool_boxes_labeled")},
         "fixed_by_kind": report["fixed_by_kind"],
         "generate_seconds": gen["generate_seconds"],
         "corrections_mix": gen["corrections_mix"],

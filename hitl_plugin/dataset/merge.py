@@ -228,6 +228,9 @@ class _Merger:
         self.removed_sources: dict[str, int] = {}
         self.n_new = 0
         self.n_old = 0
+        #: pool images labeled this round: their new boxes are first labels, not fixes
+        self.from_pool: set[int] = set()
+        self.pool_boxes = 0
 
     def images(self, items: Iterator[str]) -> Iterator[str]:
         labeled, skipped = self.plan.labeled, self.plan.skipped
@@ -253,6 +256,7 @@ class _Merger:
                     if img.get("hitl_split") == "pool":
                         img["hitl_split"] = "train"
                         self.pool_labeled += 1
+                        self.from_pool.add(image_id)
                     self.weighted_delta += (img["weight"] != 1.0) - was_weighted
                     yield _line(img)
                     continue
@@ -310,8 +314,11 @@ class _Merger:
             for ann in old:
                 src = ann.get("source", "original")
                 self.removed_sources[src] = self.removed_sources.get(src, 0) + 1
-            for kind, n in classify_changes(old, new).items():
-                self.kinds[kind] += n
+            if image_id in self.from_pool:
+                self.pool_boxes += len(new)
+            else:
+                for kind, n in classify_changes(old, new).items():
+                    self.kinds[kind] += n
             record: dict[str, Any] = {
                 "image_id": image_id, "round": self.number, "time": when,
                 "annotator": annotator, "task_id": corr.task_id,
@@ -549,6 +556,7 @@ def _report(store: DatasetStore, merger: _Merger, plan: _Plan, corrections: Corr
         "boxes_removed": kinds["spurious"],
         "boxes_changed": kinds["class_swap"] + kinds["bad_box"],
         "boxes_unchanged": kinds["unchanged"],
+        "pool_boxes_labeled": merger.pool_boxes,
         "human_boxes_written": merger.n_new,
         "weights_decayed": merger.decayed,
         "fixed_by_kind": fixed,

@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -109,6 +110,11 @@ def test_labeled_pool_image_joins_training(store):
     images = {i["id"]: i for i in store.load("v0002")["images"]}
     assert images[7]["hitl_split"] == "train" and images[8]["hitl_split"] == "pool"
     assert store.manifest("v0002")["counts"]["splits"] == {"train": 5, "pool": 1}
+    # first labels of a pool image are not label errors fixed
+    report = json.loads(Path(out["report"]).read_text())
+    assert report["counts"]["pool_boxes_labeled"] == 1
+    assert report["fixed_by_kind"] == {"missing": 0, "spurious": 0, "class_swap": 0,
+                                       "bad_box": 0}
 
 
 def test_weights_decay_over_three_rounds(store):
@@ -438,6 +444,7 @@ def test_bench_merge_runs_small(tmp_path):
     assert result["idempotent_rerun_same_output"] is True
     assert merged["version"] == "v0002" and merged["rejected"] == mix["unknown_image_ids"]
     assert merged["images_corrected"] == mix["labeled_train_images"] + mix["labeled_pool_images"]
-    assert merged["annotations"] == 2000 - counts["boxes_removed"] + counts["boxes_added"]
+    assert merged["annotations"] == (2000 - counts["boxes_removed"] + counts["boxes_added"]
+                                     + counts["pool_boxes_labeled"])
     assert merged["history_records"] == merged["images_corrected"]
     assert result["merge_seconds"] > 0 and result["merge_peak_rss_mib"] > 0
