@@ -94,8 +94,10 @@ def summary_text(rep: dict) -> str:
         + (", ".join(f"{n} {k}" for k, n in sorted(sel["by_suspicion"].items())) or "none"),
         f"  corrections received: {cor['labeled']} labeled, {cor['skipped']} skipped, "
         f"{cor['rejected']} rejected",
-        "  label errors fixed by kind: "
+        "  label errors fixed by kind (changes people made to labeled images): "
         + (", ".join(f"{n} {k}" for k, n in sorted(fixed.items())) or "none"),
+        f"  new images labeled from the pool: {rep['pool_labeled']} "
+        f"({rep['pool_boxes_labeled']} boxes)",
         f"  mAP50-95 before: {_fmt(rep['map50_95_before'])}   after: "
         f"{_fmt(rep['map50_95_after'])}",
         f"  new dataset version: {rep['new_version']} (parent {rep['base_version']})",
@@ -144,6 +146,8 @@ def write_round_report(
             "rejected": len(corrections.rejected),
         },
         "fixed": merge_report.get("fixed_by_kind", {}),
+        "pool_labeled": merge_report["counts"]["pool_labeled"],
+        "pool_boxes_labeled": merge_report["counts"]["pool_boxes_labeled"],
         "map50_95_before": results["train"]["metrics"]["map50_95"],
         "map50_95_after": retrain["metrics"]["map50_95"] if retrain else None,
         "promoted": results["gate"].get("promoted"),

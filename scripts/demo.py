@@ -39,6 +39,34 @@ def _truth(source: Path) -> dict:
     }
 
 
+def _wrong_images(coco: dict, truth: dict, iou_min: float = 0.75) -> set[int]:
+    """Labeled images whose boxes differ from the truth (a box or class missing or extra, or
+    a box off by IoU < iou_min): what the synthetic data lets us count exactly."""
+    from hitl_plugin.synth import iou
+
+    def boxes(data: dict) -> dict[int, list[tuple[int, list[float]]]]:
+        out: dict[int, list] = {}
+        for a in data["annotations"]:
+            out.setdefault(a["image_id"], []).append((a["category_id"], a["bbox"]))
+        return out
+
+    have, want = boxes(coco), boxes(truth)
+    wrong = set()
+    for img in coco["images"]:
+        if img.get("hitl_split", "train") != "train":
+            continue
+        mine, true = list(have.get(img["id"], [])), want.get(img["id"], [])
+        for cat, box in true:
+            match = next((m for m in mine if m[0] == cat and iou(m[1], box) >= iou_min), None)
+            if match is None:
+                wrong.add(img["id"])
+                break
+            mine.remove(match)
+        if mine:
+            wrong.add(img["id"])
+    return wrong
+
+
 def _find_project(url: str, token: str, title: str) -> int | None:
     import requests
 
@@ -136,10 +164,20 @@ def main() -> int:
         return 1
 
     _step("5/5 summary")
+    from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.paths import Layout
 
-    report = Layout.at(home).round_dir(DAG_ID, run_id) / "report.json"
-    print(json.loads(report.read_text())["text"])
+    rep = json.loads((Layout.at(home).round_dir(DAG_ID, run_id) / "report.json").read_text())
+    print(rep["text"])
+    store = DatasetStore(home, config.dataset.name)
+    truth = _truth(source)
+    base = store.load(rep["base_version"])
+    labeled = {i["id"] for i in base["images"] if i.get("hitl_split", "train") == "train"}
+    before = _wrong_images(base, truth)
+    after = _wrong_images(store.load(rep["new_version"]), truth) & labeled
+    print(f"  checked against the synthetic truth: of the {len(labeled)} labeled images, "
+          f"{len(before)} had wrong labels in {rep['base_version']}, {len(after)} in "
+          f"{rep['new_version']}")
     print(f"\nTotal wall time: {time.monotonic() - t_start:.0f} s")
     print(f"Both servers keep running: Airflow {stack.url}, Label Studio {ls.url}. "
           "Stop them with: make stop")
