@@ -9,7 +9,9 @@ On a dataset written by ``hitl synth`` (whose injected errors are listed in
 3. predict once over the training images and score them (our suspicions, and the same
    predictions handed to ObjectLab);
 4. for each strategy select the budget, count the hits (an image is a true hit when it holds
-   at least one injected error): ``label_error_precision`` and ``label_error_recall``;
+   at least one injected error): ``label_error_precision`` and ``label_error_recall``; also
+   ``errors_fixed`` (injected errors on the selected images, which the oracle corrects) and
+   ``error_recall`` (their share of all injected errors);
 5. unless ``--no-retrain``: replace the selected images' labels by ``train_truth.json`` (an
    oracle annotator), retrain from the same starting weights, evaluate
    (``map50_95_after``); train once on the truth (``map50_95_truth``);
@@ -298,8 +300,14 @@ def run(
             picks[name] = [cl_ids[k] for k in order[:count]]
             results[name] = {"auroc": auroc({cl_ids[k]: -float(quality[k])
                                               for k in range(len(cl_ids))}, wrong)}
+    errors_per_image: dict[int, int] = {}
+    for e in report["errors"]:
+        errors_per_image[e["image_id"]] = errors_per_image.get(e["image_id"], 0) + 1
     for name, ids in picks.items():
         results[name].update(precision_recall(ids, wrong))
+        fixed = sum(errors_per_image.get(i, 0) for i in ids)
+        results[name]["errors_fixed"] = fixed  # injected errors on the corrected images
+        results[name]["error_recall"] = round(fixed / max(len(report["errors"]), 1), 4)
         results[name]["map50_95_before"] = before["map50_95"]
 
     summary = {
