@@ -114,7 +114,7 @@ def test_restart_keeps_data_and_token_and_a_wrong_token_is_reported(label_studio
         stopped = server.status()
         assert (stopped["running"], stopped["pid"], stopped["api"]) == (False, None, False)
         assert not server.pid_file.exists()
-        assert not server_mod._alive(pid)
+        assert not server_mod.pid_alive(pid)
         assert server.stop() is False  # idempotent
 
         # Another token against a database created with ours: a clear error, no orphan process.
