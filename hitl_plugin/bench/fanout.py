@@ -56,7 +56,7 @@ def synthetic_selection(n: int, *, dag_id: str, run_id: str):
 
 
 def run_bench(url: str, token: str, *, n: int, batch_size: int, work: Path,
-              images: Path) -> dict:
+              images: Path, parallel: int = 1) -> dict:
     from hitl_plugin.labeling.client import LabelStudioClient, run_filters
     from hitl_plugin.labeling.project import ensure_project_info
     from hitl_plugin.labeling.submit import submit_batch
@@ -84,19 +84,27 @@ def run_bench(url: str, token: str, *, n: int, batch_size: int, work: Path,
         plan = batches(n, batch_size, work / "selection.json")
         round_dir = work / "round"
 
-        def operator_pass() -> tuple[float, int, int]:
-            began = time.perf_counter()
-            new = old = 0
-            for b in plan:
-                project = ensure_project_info(client, title=title, class_names=classes,
+        def one_batch(b: dict) -> dict:
+            # each mapped task instance has its own process, hence its own connection
+            with LabelStudioClient(url, token, timeout=300) as own:
+                project = ensure_project_info(own, title=title, class_names=classes,
                                               images_root=images, model_version="bench-m1",
                                               lock_dir=work)
-                out = submit_batch(client, project_id=project["id"], selection=selection,
-                                   start=b["start"], stop=b["stop"], dag_id=dag_id,
-                                   run_id=run_id, model_version="bench-m1",
-                                   round_dir=round_dir,
-                                   sync_model_version=not project["model_version_ok"])
-                new, old = new + out["submitted"], old + out["already_present"]
+                return submit_batch(own, project_id=project["id"], selection=selection,
+                                    start=b["start"], stop=b["stop"], dag_id=dag_id,
+                                    run_id=run_id, model_version="bench-m1",
+                                    round_dir=round_dir,
+                                    sync_model_version=not project["model_version_ok"])
+
+        def operator_pass() -> tuple[float, int, int]:
+            from concurrent.futures import ThreadPoolExecutor
+
+            began = time.perf_counter()
+            # Airflow runs the mapped submit tasks side by side, up to its parallelism.
+            with ThreadPoolExecutor(max_workers=parallel) as pool:
+                outs = list(pool.map(one_batch, plan))
+            new = sum(o["submitted"] for o in outs)
+            old = sum(o["already_present"] for o in outs)
             return time.perf_counter() - began, new, old
 
         op_s, op_new, _ = operator_pass()
@@ -107,7 +115,7 @@ def run_bench(url: str, token: str, *, n: int, batch_size: int, work: Path,
     raw_tps, op_tps = n / raw_s, n / op_s
     return {
         "benchmark": "fanout",
-        "n": n, "batch_size": batch_size, "batches": len(plan),
+        "n": n, "batch_size": batch_size, "batches": len(plan), "parallel": parallel,
         "raw": {"seconds": round(raw_s, 3), "tasks_per_s": round(raw_tps, 1),
                 "task_ids": len(raw_ids), "tasks_in_project": counts["raw"]},
         "operator": {"seconds": round(op_s, 3), "tasks_per_s": round(op_tps, 1),
@@ -124,6 +132,9 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench fanout") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="samples (default 5000)")
     parser.add_argument("--batch-size", type=int, default=500, help="samples per batch")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="mapped submit tasks running at once, as Airflow may run them "
+                             "(default 1: one batch after another)")
     parser.add_argument("--url", help="a running Label Studio (default: start one)")
     parser.add_argument("--token", default=os.environ.get("HITL_LS_TOKEN"),
                         help="its API token (default: $HITL_LS_TOKEN)")
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench fanout") -> int:
 
             images = args.images_root or storage_root() / "images"
         result = run_bench(url, token, n=args.n, batch_size=args.batch_size, work=work,
+                           parallel=args.parallel,
                            images=images)
     finally:
         if server is not None:

@@ -114,13 +114,17 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
     if not narrow:
         log.info("Batch %s: checking keys by image id range (no record of the round's split)",
                  label)
+    # The "importing" record is written before any import of a batch, so a batch without a
+    # record was never sent: its first attempt needs no key query (the same trust in the round
+    # folder as the narrow query; a retry, or a crash after the record, still queries).
+    never_sent = narrow and not submission_file(round_dir, start, stop).exists()
     if round_dir is not None:
         write_json_atomic(submission_file(round_dir, start, stop), {
             "status": "importing", "dag_id": dag_id, "run_id": run_id, "batch": [start, stop],
             "image_ids": ids})
     for attempt in range(max(1, attempts)):
-        found = client.tasks_by_key(project_id, dag_id, run_id, ids,
-                                    batch_label=label if narrow else None)
+        found = {} if never_sent and attempt == 0 else client.tasks_by_key(
+            project_id, dag_id, run_id, ids, batch_label=label if narrow else None)
         for key, tasks in found.items():
             if key not in task_ids:
                 already.add(key)

@@ -1,0 +1,64 @@
+"""The key query of a submit: skipped only for a batch that was never sent."""
+
+from __future__ import annotations
+
+from hitl_plugin.bench.fanout import synthetic_selection
+from hitl_plugin.labeling.submit import submit_batch
+
+
+class _Client:
+    """Records calls; holds imported tasks like a project would (a test double of our client)."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.tasks: dict[str, int] = {}
+
+    def tasks_by_key(self, project_id, dag_id, run_id, ids, batch_label=None):
+        self.queries += 1
+        keys = {f"{dag_id}|{run_id}|{i}" for i in ids}
+        return {k: [{"id": t}] for k, t in self.tasks.items() if k in keys}
+
+    def import_tasks(self, project_id, payload):
+        ids = []
+        for task in payload:
+            self.tasks[task["data"]["hitl_key"]] = len(self.tasks) + 1
+            ids.append(len(self.tasks))
+        return ids
+
+
+def test_first_send_skips_the_query_and_a_resend_finds_every_key(tmp_path):
+    selection = synthetic_selection(20, dag_id="d", run_id="r")
+    client = _Client()
+    args = dict(project_id=1, selection=selection, start=0, stop=10, dag_id="d", run_id="r",
+                model_version="m", round_dir=tmp_path, sync_model_version=False)
+    first = submit_batch(client, **args)
+    assert (first["submitted"], client.queries) == (10, 0)
+    again = submit_batch(client, **args)
+    assert (again["submitted"], again["already_present"], client.queries) == (0, 10, 1)
+    assert len(client.tasks) == 10
+
+
+def test_a_batch_recorded_as_importing_is_queried_before_importing(tmp_path):
+    """A crash after the record (and maybe after the import) must not duplicate."""
+    selection = synthetic_selection(20, dag_id="d", run_id="r")
+    client = _Client()
+    args = dict(project_id=1, selection=selection, start=10, stop=20, dag_id="d", run_id="r",
+                model_version="m", round_dir=tmp_path, sync_model_version=False)
+
+    class Crash(Exception):
+        pass
+
+    real_import = client.import_tasks
+
+    def import_then_crash(project_id, payload):
+        real_import(project_id, payload)
+        raise Crash
+
+    client.import_tasks = import_then_crash
+    try:
+        submit_batch(client, **args)
+    except Crash:
+        pass
+    client.import_tasks = real_import
+    out = submit_batch(client, **args)
+    assert (out["submitted"], out["already_present"], len(client.tasks)) == (0, 10, 10)
