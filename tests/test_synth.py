@@ -48,7 +48,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 
 
 def test_layout_ids_and_coco_validity(noisy):
-    pycocotools = pytest.importorskip("pycocotools.coco")
+    import pycocotools.coco as pycocotools
     data = {name: read_coco(noisy / "annotations" / f"{name}.json") for name in FILES}
     ids = {name: [img["id"] for img in data[name]["images"]] for name in FILES}
     assert ids["train"] == list(range(1, 41))          # train first, then val, then pool

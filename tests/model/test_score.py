@@ -223,8 +223,7 @@ BASE = Path(os.environ.get("HITL_TEST_BASE_CHECKPOINT") or Path(__file__).resolv
 @pytest.fixture(scope="module")
 def clean_model(tmp_path_factory):
     """A model fine-tuned two epochs on clean synthetic labels (from the shipped base)."""
-    if not BASE.is_file():
-        pytest.skip(f"{BASE} is not built yet (make base-checkpoint)")
+    assert BASE.is_file(), f"{BASE} is missing (make base-checkpoint)"
     from hitl_plugin.dataset.export import export_yolo
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.model.train import train
