@@ -98,6 +98,8 @@ def _annotators(url: str, token: str, title: str, truth: dict, done: threading.E
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # one line per labeled task is too much here; the demo prints its own progress
+    logging.getLogger("hitl_plugin.labeling.simulator").setLevel(logging.WARNING)
     t_start = time.monotonic()
     home = Path(os.environ.get("HITL_HOME") or REPO / ".hitl").absolute()
     os.environ["HITL_HOME"] = str(home)
