@@ -7,6 +7,8 @@ LS_VERSION := 1.23.2
 STAMP := $(VENV)/.hitl-setup-stamp
 LSSTAMP := $(LSVENV)/.hitl-setup-stamp
 export HITL_HOME ?= $(CURDIR)/.hitl
+# `make demo HUMAN=1`: wait for a person to label in Label Studio instead of the simulator.
+export HUMAN
 
 .PHONY: setup demo test test-unit test-integration lint stop base-checkpoint clean
 
