@@ -159,6 +159,33 @@ class _Base:
         return LabelStudioError(scrub(reason, self._token), status=status, method=method,
                                 path=path.split("?")[0], sent=sent)
 
+    def _http_error(self, response: Any, *, method: str, path: str,
+                    ok404: bool) -> LabelStudioError | None:
+        """The error an HTTP answer stands for, or None when it is a success (or an allowed
+        404); works for requests' and httpx's responses alike."""
+        status = response.status_code
+        if status < 400 or (status == 404 and ok404):
+            return None
+        return self._error(_reason(response), status=status, method=method, path=path,
+                           sent=True)
+
+    @staticmethod
+    def _body(response: Any, ok404: bool) -> Any:
+        if response.status_code == 404 and ok404:
+            return None
+        return response.json() if response.content else None
+
+    def _retry_delay(self, error: LabelStudioError, *, method: str, attempt: int) -> float:
+        """Seconds before the next try; raises ``error`` when no retry is allowed."""
+        if attempt >= self.retries or not retryable(method, status=error.status,
+                                                    sent=error.sent):
+            raise error
+        delay = backoff_delay(attempt, self.backoff)
+        log.warning("Label Studio %s %s failed (%s); retry %s/%s in %.1f s", method,
+                    error.path, error.reason if error.status is None else f"HTTP {error.status}",
+                    attempt + 1, self.retries, delay)
+        return delay
+
     @staticmethod
     def _total(body: Any, seen: int) -> int:
         """The response's task count (a plain list has none: ask for the next page)."""
@@ -204,8 +231,6 @@ class LabelStudioClient(_Base):
         method = method.upper()
         attempt = 0
         while True:
-            status: int | None = None
-            sent = True
             try:
                 response = self._session.request(
                     method, f"{self.url}{path}", params=params, json=json_body,
@@ -223,21 +248,10 @@ class LabelStudioClient(_Base):
                 raise self._error(type(exc).__name__ + ": " + _short(exc), status=None,
                                   method=method, path=path, sent=True) from None
             else:
-                status = response.status_code
-                if status < 400:
-                    return response.json() if response.content else None
-                if status == 404 and ok404:
-                    return None
-                error = self._error(_reason(response), status=status, method=method, path=path,
-                                    sent=True)
-            if attempt >= self.retries or not retryable(method, status=error.status,
-                                                        sent=error.sent):
-                raise error
-            delay = backoff_delay(attempt, self.backoff)
-            log.warning("Label Studio %s %s failed (%s); retry %s/%s in %.1f s", method,
-                        error.path, error.reason if status is None else f"HTTP {status}",
-                        attempt + 1, self.retries, delay)
-            time.sleep(delay)
+                error = self._http_error(response, method=method, path=path, ok404=ok404)
+                if error is None:
+                    return self._body(response, ok404)
+            time.sleep(self._retry_delay(error, method=method, attempt=attempt))
             attempt += 1
 
     # -- projects -------------------------------------------------------------------------
@@ -406,7 +420,6 @@ class AsyncLabelStudioClient(_Base):
         method = method.upper()
         attempt = 0
         while True:
-            status: int | None = None
             try:
                 response = await self._client.request(
                     method, f"{self.url}{path}", params=params, json=json_body,
@@ -422,21 +435,10 @@ class AsyncLabelStudioClient(_Base):
                 error = self._error(f"{type(exc).__name__}: {_short(exc)}", status=None,
                                     method=method, path=path, sent=True)
             else:
-                status = response.status_code
-                if status < 400:
-                    return response.json() if response.content else None
-                if status == 404 and ok404:
-                    return None
-                error = self._error(_reason(response), status=status, method=method, path=path,
-                                    sent=True)
-            if attempt >= self.retries or not retryable(method, status=error.status,
-                                                        sent=error.sent):
-                raise error
-            delay = backoff_delay(attempt, self.backoff)
-            log.warning("Label Studio %s %s failed (%s); retry %s/%s in %.1f s", method,
-                        error.path, error.reason if status is None else f"HTTP {status}",
-                        attempt + 1, self.retries, delay)
-            await asyncio.sleep(delay)
+                error = self._http_error(response, method=method, path=path, ok404=ok404)
+                if error is None:
+                    return self._body(response, ok404)
+            await asyncio.sleep(self._retry_delay(error, method=method, attempt=attempt))
             attempt += 1
 
     async def count_tasks(self, project_id: int, filters: Sequence[dict]) -> int:
