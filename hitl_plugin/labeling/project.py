@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -68,40 +69,66 @@ def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: l
 
     Two tasks creating the project at once (on machines that do not share ``lock_dir``) both
     end up on the lowest id; the extra empty project is deleted.
+
+    With a ``lock_dir`` (the round folder), a setup that left the project complete is
+    remembered there, and the round's other batches reuse it without asking the service
+    again (the mapped submit tasks of one round share the project).
     """
     if not class_names:
         raise ValueError("ensure_project needs at least one class name")
+    path = str(Path(images_root).absolute())
+    want = {"title": title, "classes": sorted(class_names), "images_root": path,
+            "model_version": model_version, "url": client.url}
+    memo = None
+    if lock_dir is not None:
+        digest = re.sub(r"[^A-Za-z0-9_.-]", "_", title)[:100]
+        memo = Path(lock_dir) / f".ls-project-{digest}.json"
     with _lock(title, lock_dir):
-        project = client.find_project(title)
-        if project is None:
-            created = client.create_project(title, label_config(class_names),
-                                            model_version=model_version)
-            project = client.find_project(title) or created
-            if project["id"] != created["id"]:
-                log.warning("Project %r was created twice; keeping id %s", title, project["id"])
-                try:
-                    client.request("DELETE", f"/api/projects/{int(created['id'])}/")
-                except LabelStudioError as exc:
-                    log.warning("Could not delete the extra project %s: %s", created["id"], exc)
-            log.info("Created Label Studio project %r (id %s)", title, project["id"])
-        project_id = int(project["id"])
-        if "label_config" not in project or "model_version" not in project:
-            project = client.get_project(project_id)
-        missing = [n for n in class_names if n not in config_labels(project.get("label_config"))]
-        if missing:
-            log.info("Adding classes %s to the label config of project %s", missing, project_id)
-            names = sorted(config_labels(project.get("label_config"))) + missing
-            client.update_project(project_id, label_config=label_config(names))
-        path = str(Path(images_root).absolute())
-        if not any(str(s.get("path", "")).rstrip(os.sep) == path.rstrip(os.sep)
-                   for s in client.local_storages(project_id)):
-            Path(path).mkdir(parents=True, exist_ok=True)
-            client.create_local_storage(project_id, path, STORAGE_TITLE)
-            log.info("Registered local-files storage %s for project %s", path, project_id)
-        ok = project.get("model_version") == model_version
-        if not ok:
-            ok = set_model_version(client, project_id, model_version)
-        return {"id": project_id, "model_version_ok": ok}
+        if memo is not None and memo.is_file():
+            try:
+                known = json.loads(memo.read_text())
+            except ValueError:
+                known = {}
+            if known.get("setup") == want:
+                return {"id": int(known["id"]), "model_version_ok": True}
+        info = _ensure_project(client, title=title, class_names=class_names, path=path,
+                               model_version=model_version)
+        if memo is not None and info["model_version_ok"]:
+            memo.write_text(json.dumps({"setup": want, "id": info["id"]}))
+        return info
+
+
+def _ensure_project(client: LabelStudioClient, *, title: str, class_names: list[str],
+                    path: str, model_version: str) -> dict:
+    project = client.find_project(title)
+    if project is None:
+        created = client.create_project(title, label_config(class_names),
+                                        model_version=model_version)
+        project = client.find_project(title) or created
+        if project["id"] != created["id"]:
+            log.warning("Project %r was created twice; keeping id %s", title, project["id"])
+            try:
+                client.request("DELETE", f"/api/projects/{int(created['id'])}/")
+            except LabelStudioError as exc:
+                log.warning("Could not delete the extra project %s: %s", created["id"], exc)
+        log.info("Created Label Studio project %r (id %s)", title, project["id"])
+    project_id = int(project["id"])
+    if "label_config" not in project or "model_version" not in project:
+        project = client.get_project(project_id)
+    missing = [n for n in class_names if n not in config_labels(project.get("label_config"))]
+    if missing:
+        log.info("Adding classes %s to the label config of project %s", missing, project_id)
+        names = sorted(config_labels(project.get("label_config"))) + missing
+        client.update_project(project_id, label_config=label_config(names))
+    if not any(str(s.get("path", "")).rstrip(os.sep) == path.rstrip(os.sep)
+               for s in client.local_storages(project_id)):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        client.create_local_storage(project_id, path, STORAGE_TITLE)
+        log.info("Registered local-files storage %s for project %s", path, project_id)
+    ok = project.get("model_version") == model_version
+    if not ok:
+        ok = set_model_version(client, project_id, model_version)
+    return {"id": project_id, "model_version_ok": ok}
 
 
 def set_model_version(client: LabelStudioClient, project_id: int, model_version: str) -> bool:
