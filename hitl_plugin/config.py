@@ -78,6 +78,11 @@ class TrainingConfig(_Section):
     threads: int = Field(default=2, ge=1, le=256, description="Torch CPU threads.")
     seed: int = Field(default=0, description="Training seed.")
     plots: bool = Field(default=False, description="Let Ultralytics draw its own training plots.")
+    queue: str | None = Field(
+        default=None,
+        description="Airflow queue of the training and scoring tasks (e.g. `gpu` for the GPU "
+        "workers of the distributed mode); empty: the default queue.",
+    )
     retrain_after_merge: bool = Field(
         default=False,
         description="End the round by training once more on the merged version and reporting "

@@ -116,9 +116,11 @@ def build_dag(config: PipelineConfig) -> DAG:
         "score, select, submit to Label Studio, wait for people, collect, merge.",
     ) as dag:
         prepare = PrepareDatasetOperator(task_id="prepare", config_path=path)
+        # training and scoring go to the GPU workers' queue in the distributed mode
+        model_queue = {"queue": config.training.queue} if config.training.queue else {}
         train = YoloTrainOperator(
             task_id="train", config_path=path, version=prepare.output,
-            epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}",
+            epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}", **model_queue,
         )
         promote = PromoteModelOperator(task_id="gate", config_path=path, train_result=train.output)
         if config.gate.require_approval:
@@ -133,7 +135,7 @@ def build_dag(config: PipelineConfig) -> DAG:
             train >> approve >> promote
         score = ScoreSamplesOperator(
             task_id="score", config_path=path, checkpoint=promote.output,
-            version=prepare.output, imgsz="{{ params.imgsz }}",
+            version=prepare.output, imgsz="{{ params.imgsz }}", **model_queue,
         )
         select = SelectSamplesOperator(
             task_id="select", config_path=path, scores=score.output, version=prepare.output,
@@ -172,6 +174,7 @@ def build_dag(config: PipelineConfig) -> DAG:
                 task_id="retrain", config_path=path,
                 version="{{ ti.xcom_pull(task_ids='merge')['version'] }}",
                 epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}", name="after-merge",
+                **model_queue,
             )
             merge >> retrain
             results["retrain"] = retrain.output

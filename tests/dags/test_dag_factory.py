@@ -69,3 +69,19 @@ def test_dag_file_parses_without_heavy_imports():
     print("DAG file parse:", result)
     assert result["dags"] == ["hitl_shapes"] and result["import_errors"] == 0
     assert result["heavy_modules_imported"] == []
+
+
+def test_training_queue_from_config(tmp_path):
+    """The distributed mode sends training and scoring to the GPU workers' queue."""
+    import yaml
+
+    dags = tmp_path / "dags"
+    (dags / "configs").mkdir(parents=True)
+    shutil.copy(DAG_FILE, dags)
+    config = yaml.safe_load((REPO / "dags" / "configs" / "shapes.yaml").read_text())
+    config["training"]["queue"] = "gpu"
+    (dags / "configs" / "shapes.yaml").write_text(yaml.safe_dump(config))
+    dag = _dagbag(dags).dags["hitl_shapes"]
+    queues = {t.task_id: t.queue for t in dag.tasks}
+    assert queues["train"] == queues["score"] == queues["retrain"] == "gpu"
+    assert queues["submit"] != "gpu" and queues["merge"] != "gpu"
