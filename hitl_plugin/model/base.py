@@ -7,8 +7,8 @@ set), no label noise, YOLOv8n from its YAML, then the optimizer stripped (``stri
 so the file stays well under 10 MB. A JSON sidecar (``<out>.json``) records the recipe,
 seeds, timings and the validation mAP.
 
-:func:`tiny_source` writes a very small dataset in the same folder layout; tests use it
-where training time matters more than realism.
+:func:`tiny_export` makes a very small exported dataset with the same generator; tests use
+it where training time matters more than realism.
 """
 
 from __future__ import annotations
@@ -31,88 +31,26 @@ log = logging.getLogger(__name__)
 DEFAULT_SEED = 1000  # benchmarks and the demo use small seeds (0-99); keep clear of them
 
 
-def tiny_source(out: str | Path, *, train: int = 12, val: int = 6, pool: int = 0,
-                imgsz: int = 64, classes: int = 2, seed: int = 0) -> Path:
-    """Write a tiny dataset in the ``hitl synth`` layout (images/<split>/*.png and
-    annotations/<split>.json): one to three filled shapes per image, class = shape.
-
-    Class 0 is a filled rectangle, 1 a filled circle, 2 a triangle, 3 a cross; each image's
-    shapes do not overlap, so every labelled shape is visible.
-    """
-    import cv2
-    import numpy as np
-
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    names = ["square", "circle", "triangle", "cross"][:classes]
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
-    next_image, next_ann = 1, 1
-    for split, count in (("train", train), ("val", val), ("pool", pool)):
-        if count == 0 and split == "pool":
-            continue
-        folder = out / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        images, anns = [], []
-        for _ in range(count):
-            img = np.full((imgsz, imgsz, 3), rng.integers(0, 60), dtype=np.uint8)
-            boxes: list[list[int]] = []
-            for _ in range(int(rng.integers(1, 4))):
-                for _try in range(20):
-                    s = int(rng.integers(imgsz // 5, imgsz // 3))
-                    x, y = (int(v) for v in rng.integers(0, imgsz - s, size=2))
-                    if all(x + s <= b[0] or b[0] + b[2] <= x or y + s <= b[1] or b[1] + b[3] <= y
-                           for b in boxes):
-                        break
-                else:
-                    continue
-                cls = int(rng.integers(0, classes))
-                color = tuple(int(c) for c in rng.integers(120, 256, size=3))
-                if cls == 0:
-                    cv2.rectangle(img, (x, y), (x + s - 1, y + s - 1), color, -1)
-                elif cls == 1:
-                    cv2.circle(img, (x + s // 2, y + s // 2), s // 2, color, -1)
-                elif cls == 2:
-                    pts = np.array([[x + s // 2, y], [x, y + s - 1], [x + s - 1, y + s - 1]])
-                    cv2.fillPoly(img, [pts.astype(np.int32)], color)
-                else:
-                    t = max(2, s // 4)
-                    cv2.rectangle(img, (x + s // 2 - t // 2, y), (x + s // 2 + t // 2, y + s - 1),
-                                  color, -1)
-                    cv2.rectangle(img, (x, y + s // 2 - t // 2), (x + s - 1, y + s // 2 + t // 2),
-                                  color, -1)
-                boxes.append([x, y, s, s])
-                anns.append({"id": next_ann, "image_id": next_image, "category_id": cls + 1,
-                             "bbox": [float(x), float(y), float(s), float(s)],
-                             "area": float(s * s), "iscrowd": 0})
-                next_ann += 1
-            name = f"{split}/{next_image:06d}.png"
-            cv2.imwrite(str(out / "images" / name), img)
-            images.append({"id": next_image, "file_name": name, "width": imgsz, "height": imgsz})
-            next_image += 1
-        coco = {"info": {"description": "hitl tiny source", "seed": seed}, "categories": cats,
-                "images": images, "annotations": anns if split != "pool" else []}
-        (out / "annotations").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "annotations" / f"{split}.json", coco, indent=None)
-    return out
-
-
 def tiny_export(work: str | Path, *, train: int = 12, val: int = 6, imgsz: int = 64,
                 classes: int = 2, seed: int = 0, name: str = "tiny") -> tuple[Path, Path, Path]:
-    """:func:`tiny_source` imported into a dataset store under ``work/store`` and exported.
+    """A tiny clean :func:`hitl_plugin.synth.generate` dataset, imported into a dataset store
+    under ``work/store`` and exported.
 
     :return: ``(data_yaml, val_coco_file, storage_root)``.
     """
     from hitl_plugin.dataset.export import export_yolo
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.paths import Layout
+    from hitl_plugin.synth import generate
 
     work = Path(work)
     root = work / "store"
     store = DatasetStore(root, name)
     version = store.latest()
     if version is None:
-        src = tiny_source(work / "src", train=train, val=val, imgsz=imgsz, classes=classes,
-                          seed=seed)
+        src = work / "src"
+        generate(src, train=train, val=val, pool=0, classes=classes, imgsz=imgsz, noise=0.0,
+                 seed=seed)
         version = store.import_source(src)
     val_file = Layout.at(root).val_file(name)
     data = export_yolo(root, name, version, store.load(version),
