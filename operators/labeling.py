@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
+from hitl_plugin.operators._args import blank
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -16,15 +17,11 @@ if TYPE_CHECKING:
 CORRECTIONS_FILE = "corrections.json"
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
-
-
 def _model_version(value: Any) -> str | None:
     """A model version given directly, or the gate's XCom dict (``model_version``)."""
     if isinstance(value, dict):
         value = value.get("model_version") or value.get("checkpoint")
-    return None if _blank(value) else str(value)
+    return None if blank(value) else str(value)
 
 
 def project_title(config: PipelineConfig, dag_id: str) -> str:
@@ -35,7 +32,7 @@ def project_title(config: PipelineConfig, dag_id: str) -> str:
 def _selection_path(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("selection")
-    if _blank(value) or not isinstance(value, str):
+    if blank(value) or not isinstance(value, str):
         raise AirflowException(f"expected a selection path or a dict with 'selection', got "
                                f"{value!r}")
     return value

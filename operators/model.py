@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
+from hitl_plugin.operators._args import optional_int
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -27,19 +28,6 @@ def approval_body(metrics: dict) -> str:
     from hitl_plugin.model.gate import approval_body as body
 
     return body(metrics)
-
-
-def _optional_int(value: Any, name: str, minimum: int) -> int | None:
-    """A templated integer: None, '' and 'None' mean "use the config's value"."""
-    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise AirflowException(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise AirflowException(f"{name} must be at least {minimum}, got {number}")
-    return number
 
 
 class YoloTrainOperator(BaseOperator):
@@ -88,8 +76,8 @@ class YoloTrainOperator(BaseOperator):
         from hitl_plugin.model.train import train_and_evaluate
 
         config = load_config(self.config_path)
-        epochs = _optional_int(self.epochs, "epochs", 1)
-        imgsz = _optional_int(self.imgsz, "imgsz", 32)
+        epochs = optional_int(self.epochs, "epochs", 1)
+        imgsz = optional_int(self.imgsz, "imgsz", 32)
         result = train_and_evaluate(
             config, root=storage_root(config), dag_id=context["dag"].dag_id,
             run_id=context["run_id"], version=self.version or None, epochs=epochs, imgsz=imgsz,

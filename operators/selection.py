@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
+from hitl_plugin.operators._args import blank, optional_int
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -14,31 +15,18 @@ if TYPE_CHECKING:
 SCORES_FILE = "scores.jsonl"
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
-
-
 def _path_of(value: Any, key: str, what: str) -> str:
     """A path given directly, or under ``key`` in an upstream task's XCom dict."""
     if isinstance(value, dict):
         value = value.get(key)
-    if _blank(value) or not isinstance(value, str):
+    if blank(value) or not isinstance(value, str):
         raise AirflowException(f"{what}: expected a path or a dict with {key!r}, got {value!r}")
     return value
 
 
-def _int_or_none(value: Any, what: str) -> int | None:
-    if _blank(value):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise AirflowException(f"{what} must be an integer, got {value!r}") from None
-
-
 def _budget(value: Any) -> int | float | None:
     """A count, or a fraction in (0, 1); templated values arrive as text."""
-    if _blank(value):
+    if blank(value):
         return None
     try:
         number = float(value)
@@ -52,10 +40,10 @@ def _budget(value: Any) -> int | float | None:
 def _model_version(value: Any) -> str:
     if isinstance(value, dict):
         for key in ("model_version", "checkpoint"):
-            if not _blank(value.get(key)):
+            if not blank(value.get(key)):
                 return str(value[key])
         raise AirflowException(f"model_version: cannot read a version from {sorted(value)}")
-    if _blank(value):
+    if blank(value):
         raise AirflowException("model_version is required")
     return str(value)
 
@@ -103,9 +91,9 @@ class ScoreSamplesOperator(BaseOperator):
         root = storage_root(config)
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         checkpoint = _path_of(self.checkpoint, "checkpoint", "checkpoint")
-        imgsz = _int_or_none(self.imgsz, "imgsz") or config.training.imgsz
+        imgsz = optional_int(self.imgsz, "imgsz") or config.training.imgsz
         store = DatasetStore(root, config.dataset.name)
-        version = None if _blank(self.version) else str(self.version)
+        version = None if blank(self.version) else str(self.version)
         version = version or store.require_latest()
         coco = store.load(version)
         out = Layout.at(root).round_dir(dag_id, run_id) / SCORES_FILE
@@ -171,9 +159,9 @@ class SelectSamplesOperator(BaseOperator):
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         scores = _path_of(self.scores, "scores", "scores")
         version = self.version.get("version") if isinstance(self.version, dict) else self.version
-        if _blank(version):
+        if blank(version):
             raise AirflowException("version is required")
-        strategy = None if _blank(self.strategy) else str(self.strategy)
+        strategy = None if blank(self.strategy) else str(self.strategy)
         if strategy is not None and strategy not in STRATEGIES:
             raise AirflowException(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         coco = DatasetStore(root, config.dataset.name).load(str(version))

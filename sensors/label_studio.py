@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
+from hitl_plugin.operators._args import blank
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -18,10 +19,6 @@ DEADLINE_FILE = "wait_deadline.json"
 
 class LabelsNotReadyError(AirflowException):
     """The labeling round did not complete as required (deadline, service down, auth...)."""
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
 
 
 class LabelsReadySensor(BaseSensorOperator):
@@ -95,16 +92,16 @@ class LabelsReadySensor(BaseSensorOperator):
         from hitl_plugin.labeling.submit import project_and_expected
         from hitl_plugin.paths import Layout
 
-        config = load_config(self.config_path) if not _blank(self.config_path) else None
+        config = load_config(self.config_path) if not blank(self.config_path) else None
         lab = config.labeling if config is not None else LabelingConfig()
-        completion = lab.completion if _blank(self.completion) else str(self.completion)
+        completion = lab.completion if blank(self.completion) else str(self.completion)
         if completion not in ("all", "fraction"):
             raise AirflowException(f"completion must be 'all' or 'fraction', got {completion!r}")
-        min_fraction = (lab.min_fraction if _blank(self.min_fraction)
+        min_fraction = (lab.min_fraction if blank(self.min_fraction)
                         else float(self.min_fraction))  # type: ignore[arg-type]
         if not 0.0 < min_fraction <= 1.0:
             raise AirflowException(f"min_fraction must be in (0, 1], got {min_fraction}")
-        on_timeout = lab.on_timeout if _blank(self.on_timeout) else str(self.on_timeout)
+        on_timeout = lab.on_timeout if blank(self.on_timeout) else str(self.on_timeout)
         if on_timeout not in ("continue", "fail"):
             raise AirflowException(f"on_timeout must be 'continue' or 'fail', got {on_timeout!r}")
         dag_id = self.round_dag_id or context["dag"].dag_id

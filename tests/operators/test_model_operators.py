@@ -29,11 +29,8 @@ def test_importing_the_operators_imports_nothing_heavy():
 
 def test_operators_validate_and_template_their_arguments():
     from airflow.sdk.exceptions import AirflowException
-    from hitl_plugin.operators.model import (
-        PromoteModelOperator,
-        YoloTrainOperator,
-        _optional_int,
-    )
+    from hitl_plugin.operators._args import optional_int as _optional_int
+    from hitl_plugin.operators.model import PromoteModelOperator, YoloTrainOperator
 
     assert set(YoloTrainOperator.template_fields) == {"config_path", "version", "epochs",
                                                       "imgsz"}

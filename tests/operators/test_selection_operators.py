@@ -155,7 +155,9 @@ def test_score_then_select_in_dag_test(airflow_env, tiny_model):
 
 
 def test_blank_templated_values_fall_back_to_config():
-    from hitl_plugin.operators.selection import _blank, _int_or_none, _model_version, _path_of
+    from hitl_plugin.operators._args import blank as _blank
+    from hitl_plugin.operators._args import optional_int as _int_or_none
+    from hitl_plugin.operators.selection import _model_version, _path_of
 
     assert _blank(None) and _blank("None") and _blank("") and not _blank("0")
     assert _int_or_none("None", "imgsz") is None and _int_or_none("96", "imgsz") == 96
