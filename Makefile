@@ -35,7 +35,7 @@ test: setup
 	bash scripts/run_tests.sh
 
 lint: setup
-	$(VENV)/bin/ruff check hitl_plugin operators sensors dags tests
+	$(VENV)/bin/ruff check hitl_plugin hitl_dev operators sensors dags tests
 
 stop:
 	-$(VENV)/bin/hitl stack stop

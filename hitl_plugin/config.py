@@ -7,17 +7,25 @@ say what differs. Load a file with :func:`load_config`; a bad file raises
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hitl_plugin.exceptions import ConfigError
 
-class ConfigError(ValueError):
-    """A pipeline config could not be read or did not validate."""
+#: The choices of the fields that a run's trigger form can override too (the DAG's Params
+#: take their enums from here, and the operators check their arguments against them).
+Strategy = Literal["hybrid", "label_error", "uncertainty", "random"]
+Completion = Literal["all", "fraction"]
+OnTimeout = Literal["continue", "fail"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+COMPLETIONS: tuple[str, ...] = get_args(Completion)
+ON_TIMEOUT: tuple[str, ...] = get_args(OnTimeout)
 
 
 class _Section(BaseModel):
@@ -108,7 +116,7 @@ class GateConfig(_Section):
 class SelectionConfig(_Section):
     """Which samples people should see."""
 
-    strategy: Literal["hybrid", "label_error", "uncertainty", "random"] = Field(
+    strategy: Strategy = Field(
         default="hybrid",
         description="`label_error` ranks labeled images by suspected label errors, `uncertainty` "
         "ranks pool images by model uncertainty, `hybrid` fills the budget from both.",
@@ -162,7 +170,7 @@ class LabelingConfig(_Section):
     batch_size: int = Field(
         default=50, ge=1, le=5000, description="Samples per submit task (fan-out unit)."
     )
-    completion: Literal["all", "fraction"] = Field(
+    completion: Completion = Field(
         default="all", description="Wait for all tasks, or for `min_fraction` by the deadline."
     )
     min_fraction: float = Field(
@@ -171,7 +179,7 @@ class LabelingConfig(_Section):
     timeout_hours: float = Field(
         default=72.0, gt=0.0, description="Absolute deadline after the wait starts."
     )
-    on_timeout: Literal["continue", "fail"] = Field(
+    on_timeout: OnTimeout = Field(
         default="fail",
         description="At the deadline below the required share: go on with what is done, or fail.",
     )
@@ -226,6 +234,10 @@ class PipelineConfig(_Section):
             raise ValueError("labeling.min_fraction needs labeling.completion: fraction")
         return self
 
+    def digest(self) -> str:
+        """sha256 of the validated config, defaults filled in (recorded with checkpoints)."""
+        return hashlib.sha256(self.model_dump_json().encode("utf-8")).hexdigest()
+
     def resolve(self, relative: str | None) -> Path | None:
         """Resolve a path from the config against the config file's folder."""
         if relative is None:
@@ -279,21 +291,24 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     return parse_config(data, source=path)
 
 
-#: Set by the Airflow side (``hitl_plugin.operators``) to read Airflow Variables, so that
-#: this module itself never imports Airflow.
-variable_lookup: Callable[[str], str | None] | None = None
+#: The Airflow Variable that sets the storage root of every pipeline without ``storage.root``.
+STORAGE_ROOT_VARIABLE = "hitl_storage_root"
 
 
-def storage_root(config: PipelineConfig | None = None) -> Path:
+def storage_root(config: PipelineConfig | None = None, *,
+                 variables: Callable[[str], str | None] | None = None) -> Path:
     """Return the storage root.
 
-    In order: the config's ``storage.root``, the Airflow Variable ``hitl_storage_root`` (when
-    running inside Airflow), the ``HITL_HOME`` environment variable, then ``./.hitl``.
+    In order: the config's ``storage.root``, the Airflow Variable ``hitl_storage_root`` (read
+    with ``variables``, which the Airflow side passes: this module never imports Airflow),
+    the ``HITL_HOME`` environment variable, then ``./.hitl``.
+
+    :param variables: reads an Airflow Variable by key; None (outside Airflow): skip it.
     """
     if config is not None and config.storage.root:
         return config.resolve(config.storage.root)  # type: ignore[return-value]
-    if variable_lookup is not None:
-        value = variable_lookup("hitl_storage_root")
+    if variables is not None:
+        value = variables(STORAGE_ROOT_VARIABLE)
         if value:
             return Path(value).absolute()
     return Path(os.environ.get("HITL_HOME") or ".hitl").absolute()

@@ -15,9 +15,12 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
-from hitl_plugin.config import ConfigError, PipelineConfig, load_config
+from hitl_plugin.assets_uri import dataset_asset
+from hitl_plugin.config import COMPLETIONS, STRATEGIES, PipelineConfig, load_config
+from hitl_plugin.exceptions import ConfigError
+from hitl_plugin.model.gate import approval_body
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +43,9 @@ class ConfigErrorDag(DAG):
         )
 
 
-def dataset_asset(config: PipelineConfig) -> Asset:
-    """The Asset a pipeline's merge step updates: one per dataset name."""
-    return Asset(name=f"hitl-dataset-{config.dataset.name}", uri=f"hitl://datasets/{config.dataset.name}")
-
-
 def _schedule(config: PipelineConfig):
     cron = config.schedule.cron
-    asset = dataset_asset(config) if config.schedule.on_new_version else None
+    asset = dataset_asset(config.dataset.name) if config.schedule.on_new_version else None
     # run_immediately=0: unpausing must not start a run for an interval that already passed
     # (by default a daily cron runs the past interval if it is less than 2.4 h old).
     timetable = (
@@ -66,16 +64,14 @@ def _params(config: PipelineConfig) -> dict[str, Param]:
             description="Images to send to people this round (empty: the config's "
             f"budget_fraction, {sel.budget_fraction}).",
         ),
-        "strategy": Param(
-            sel.strategy, type="string", enum=["hybrid", "label_error", "uncertainty", "random"],
-            description="How samples are chosen.",
-        ),
+        "strategy": Param(sel.strategy, type="string", enum=list(STRATEGIES),
+                          description="How samples are chosen."),
         "epochs": Param(train.epochs, type="integer", minimum=1, maximum=1000,
                         description="Training epochs this round."),
         "imgsz": Param(train.imgsz, type="integer", minimum=32, maximum=1280,
                        description="Training and scoring image size (pixels)."),
         "completion": Param(
-            lab.completion, type="string", enum=["all", "fraction"],
+            lab.completion, type="string", enum=list(COMPLETIONS),
             description="Wait for all labeling tasks, or for min_fraction by the deadline.",
         ),
         "min_fraction": Param(lab.min_fraction, type="number", exclusiveMinimum=0, maximum=1,
@@ -84,13 +80,17 @@ def _params(config: PipelineConfig) -> dict[str, Param]:
 
 
 def _approval_body(train_result: dict) -> str:
-    from hitl_plugin.model.gate import approval_body
-
-    return approval_body(train_result.get("metrics", {}))
+    """The approval's text from the train step's result (a template filter)."""
+    return approval_body(train_result.get("metrics", {}) if isinstance(train_result, dict)
+                         else {})
 
 
 def build_dag(config: PipelineConfig) -> DAG:
-    """Build the round DAG of one pipeline config."""
+    """Build the round DAG of one pipeline config.
+
+    Each task gets exactly the field of an upstream result that its step takes
+    (``op.output["field"]``; the operators push their result's fields as XComs).
+    """
     from hitl_plugin.operators.dataset import PrepareDatasetOperator, RoundReportOperator
     from hitl_plugin.operators.labeling import CollectCorrectionsOperator, SubmitForLabelingOperator
     from hitl_plugin.operators.merge import MergeCorrectionsOperator
@@ -116,13 +116,14 @@ def build_dag(config: PipelineConfig) -> DAG:
         "score, select, submit to Label Studio, wait for people, collect, merge.",
     ) as dag:
         prepare = PrepareDatasetOperator(task_id="prepare", config_path=path)
+        version = prepare.output["version"]
         # training and scoring go to the GPU workers' queue in the distributed mode
         model_queue = {"queue": config.training.queue} if config.training.queue else {}
         train = YoloTrainOperator(
-            task_id="train", config_path=path, version=prepare.output,
+            task_id="train", config_path=path, version=version,
             epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}", **model_queue,
         )
-        promote = PromoteModelOperator(task_id="gate", config_path=path, train_result=train.output)
+        promote = PromoteModelOperator(task_id="gate", config_path=path, candidate=train.output)
         if config.gate.require_approval:
             from airflow.providers.standard.operators.hitl import ApprovalOperator
 
@@ -134,51 +135,49 @@ def build_dag(config: PipelineConfig) -> DAG:
             )
             train >> approve >> promote
         score = ScoreSamplesOperator(
-            task_id="score", config_path=path, checkpoint=promote.output,
-            version=prepare.output, imgsz="{{ params.imgsz }}", **model_queue,
+            task_id="score", config_path=path, checkpoint=promote.output["checkpoint"],
+            version=version, imgsz="{{ params.imgsz }}", **model_queue,
         )
         select = SelectSamplesOperator(
-            task_id="select", config_path=path, scores=score.output, version=prepare.output,
-            model_version=promote.output,
+            task_id="select", config_path=path, scores=score.output["scores"], version=version,
+            model_version=promote.output["model_version"],
             budget="{{ params.budget }}", strategy="{{ params.strategy }}",
         )
 
         @task
-        def batches(selection: dict) -> list[dict]:
+        def batches(batch_list: list[dict]) -> list[dict]:
             """The fan-out unit: one submit task per batch of the selection."""
-            return selection["batches"]
+            return batch_list
 
         submit = SubmitForLabelingOperator.partial(
-            task_id="submit", config_path=path, model_version=promote.output,
+            task_id="submit", config_path=path, model_version=promote.output["model_version"],
             label_studio_conn_id=conn_id,
-        ).expand(batch=batches(select.output))
+        ).expand(batch=batches(select.output["batches"]))
         wait = LabelsReadySensor(
             task_id="wait_for_labels", config_path=path, submissions=submit.output,
             completion="{{ params.completion }}", min_fraction="{{ params.min_fraction }}",
             label_studio_conn_id=conn_id,
         )
         collect = CollectCorrectionsOperator(
-            task_id="collect", config_path=path, selection=select.output,
+            task_id="collect", config_path=path, selection=select.output["selection"],
             submissions=submit.output, label_studio_conn_id=conn_id,
         )
         merge = MergeCorrectionsOperator(
-            task_id="merge", config_path=path, corrections=collect.output,
-            base_version=prepare.output, outlets=[dataset_asset(config)],
+            task_id="merge", config_path=path, corrections=collect.output["corrections"],
+            base_version=version, outlets=[dataset_asset(config.dataset.name)],
         )
-        results = {
-            "version": prepare.output, "train": train.output, "gate": promote.output,
-            "selection": select.output, "corrections": collect.output, "merge": merge.output,
-        }
+        retrain = None
         if config.training.retrain_after_merge:
             retrain = YoloTrainOperator(
-                task_id="retrain", config_path=path,
-                version="{{ ti.xcom_pull(task_ids='merge')['version'] }}",
+                task_id="retrain", config_path=path, version=merge.output["version"],
                 epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}", name="after-merge",
                 **model_queue,
             )
-            merge >> retrain
-            results["retrain"] = retrain.output
-        report = RoundReportOperator(task_id="report", config_path=path, results=results)
+        report = RoundReportOperator(
+            task_id="report", config_path=path, base_version=version, train=train.output,
+            gate=promote.output, merge=merge.output,
+            retrain=retrain.output if retrain is not None else None,
+        )
         submit >> wait >> collect
         merge >> report
     return dag

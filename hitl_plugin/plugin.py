@@ -7,29 +7,24 @@ Airflow's logged-in user (a Bearer token or the UI's ``_token`` cookie).
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from airflow.plugins_manager import AirflowPlugin
 
 
-def _reports(root: Path, dag_id: str) -> list[dict]:
-    from hitl_plugin.paths import safe_component
+def metadata_variable(key: str) -> str | None:
+    """An Airflow Variable read in the API server (its metadata database and secrets
+    backends; the API server runs no task, so the Task SDK's ``Variable`` is not for it)."""
+    from airflow.models.variable import Variable
 
-    folder = root / "rounds" / safe_component(dag_id)
-    reports = []
-    for path in sorted(folder.glob("*/report.json")):
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return sorted(reports, key=lambda r: r.get("finished", ""))
+    return Variable.get(key, default_var=None)
 
 
 def create_app(root: Path | None = None):
     """Build the plugin's FastAPI app.
 
-    :param root: the storage root; default: resolved per request (Variable, HITL_HOME).
+    :param root: the storage root; default: resolved per request, like the tasks do (the
+        Airflow Variable ``hitl_storage_root``, then ``HITL_HOME``, then ``./.hitl``).
     """
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi import Depends, FastAPI, HTTPException
@@ -38,15 +33,15 @@ def create_app(root: Path | None = None):
     from hitl_plugin.config import storage_root
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.paths import Layout, safe_component
+    from hitl_plugin.report import read_reports
 
     app = FastAPI(title="airflow-hitl", dependencies=[Depends(get_user)])
 
     def _root() -> Path:
-        return root or storage_root()
+        return root or storage_root(variables=metadata_variable)
 
     def _pipelines() -> list[str]:
-        folder = _root() / "rounds"
-        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        return Layout.at(_root()).pipelines()
 
     @app.get("/api/pipelines")
     def pipelines() -> list[str]:
@@ -54,7 +49,7 @@ def create_app(root: Path | None = None):
 
     @app.get("/api/rounds/{dag_id}")
     def rounds(dag_id: str) -> list[dict]:
-        return _reports(_root(), dag_id)
+        return read_reports(Layout.at(_root()), dag_id)
 
     @app.get("/api/datasets/{name}")
     def dataset(name: str) -> dict:
@@ -66,7 +61,7 @@ def create_app(root: Path | None = None):
 
     @app.get("/plot/{dag_id}/{run_id}.png")
     def plot(dag_id: str, run_id: str):
-        path = Layout.at(_root()).round_dir(dag_id, run_id) / "report.png"
+        path = Layout.at(_root()).round(dag_id, run_id).plot
         if not path.is_file():
             raise HTTPException(404, "no plot for this round")
         return FileResponse(path, media_type="image/png")
@@ -78,7 +73,7 @@ def create_app(root: Path | None = None):
             parts.append(f"<h2>{html.escape(dag_id)}</h2><table border=1 cellpadding=4>")
             parts.append("<tr><th>run</th><th>selected</th><th>corrections</th>"
                          "<th>mAP50-95 before</th><th>after</th><th>version</th><th>plot</th></tr>")
-            for rep in reversed(_reports(_root(), dag_id)):
+            for rep in reversed(read_reports(Layout.at(_root()), dag_id)):
                 run = str(rep.get("run_id", ""))
                 link = f"plot/{safe_component(dag_id)}/{safe_component(run)}.png"
                 cells = [run, rep.get("selected"), rep.get("corrections", {}).get("labeled"),

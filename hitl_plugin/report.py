@@ -2,7 +2,8 @@
 
 ``rounds/<dag_id>/<run_id>/report.json`` and ``report.png`` (mAP50-95 per round of the
 pipeline, and the histogram of the model's confidences on the held-out set before and
-after the round's corrections).
+after the round's corrections). The histograms come from the evaluations the trainings
+already ran (``metrics.json``), so the report runs no model.
 """
 
 from __future__ import annotations
@@ -14,45 +15,57 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hitl_plugin.config import PipelineConfig
-from hitl_plugin.paths import Layout, safe_component
-from hitl_plugin.schemas import write_json_atomic
+from hitl_plugin.model.evaluate import confidence_histogram
+from hitl_plugin.paths import Layout, ModelPaths
+from hitl_plugin.schemas import (
+    REPORT_SCHEMA,
+    Corrections,
+    GateResult,
+    MergeResult,
+    SelectionManifest,
+    TrainResult,
+    check_schema,
+    read_model,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 
-def val_confidences(checkpoint: str | Path, layout: Layout, dataset: str, *, imgsz: int,
-                    conf: float = 0.05) -> list[float]:
-    """Confidences of every box the model predicts on the held-out set (streamed)."""
-    from hitl_plugin.model.offline import import_ultralytics
-
-    ultralytics = import_ultralytics()
-    val = json.loads(layout.val_file(dataset).read_text())
-    list_file = layout.root / "tmp" / f"val-{safe_component(dataset)}.txt"
-    list_file.parent.mkdir(parents=True, exist_ok=True)
-    list_file.write_text("\n".join(str(layout.image_path(i["file_name"])) for i in val["images"]))
-    model = ultralytics.YOLO(str(checkpoint))
-    scores: list[float] = []
-    for result in model.predict(str(list_file), imgsz=imgsz, conf=conf, stream=True,
-                                verbose=False, device="cpu"):
-        scores.extend(float(c) for c in result.boxes.conf.tolist())
-    return scores
-
-
-def _history(layout: Layout, dag_id: str, run_id: str) -> list[dict]:
-    folder = layout.root / "rounds" / safe_component(dag_id)
+def read_reports(layout: Layout, dag_id: str) -> list[dict]:
+    """Every round report of a pipeline, oldest first (unreadable ones are skipped)."""
     rows = []
-    for path in folder.glob("*/report.json"):
-        if path.parent.name == safe_component(run_id):
-            continue
+    for path in (r.report for r in layout.rounds(dag_id)):
         try:
-            rows.append(json.loads(path.read_text()))
+            rep = json.loads(path.read_text(encoding="utf-8"))
+            check_schema(rep, REPORT_SCHEMA, str(path))
         except (OSError, ValueError):
             continue
+        rows.append(rep)
     return sorted(rows, key=lambda r: r.get("finished", ""))
 
 
-def plot_round(path: Path, rounds: list[dict], before: list[float], after: list[float] | None):
-    """Draw mAP50-95 per round and the confidence histogram before/after."""
+def confidences(model: ModelPaths) -> dict | None:
+    """The held-out confidence histogram of a training (from its evaluation; no model run).
+
+    A training evaluated before the histogram was recorded in ``metrics.json`` (0.1.0) has
+    it computed once from the evaluation's predictions file, when that is still there.
+    """
+    try:
+        metrics = json.loads(model.metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if metrics.get("confidences"):
+        return metrics["confidences"]
+    try:
+        raw = json.loads(model.predictions.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return confidence_histogram([float(row["score"]) for row in raw])
+
+
+def plot_round(path: Path, rounds: list[dict], before: dict | None, after: dict | None):
+    """Draw mAP50-95 per round and the held-out confidence histograms before/after."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,14 +82,21 @@ def plot_round(path: Path, rounds: list[dict], before: list[float], after: list[
     ax1.set_xticks(xs)
     ax1.set_title("mAP per round")
     ax1.legend()
-    bins = [i / 20 for i in range(21)]
-    ax2.hist(before, bins=bins, alpha=0.6, label=f"before ({len(before)} boxes)")
-    if after is not None:
-        ax2.hist(after, bins=bins, alpha=0.6, label=f"after ({len(after)} boxes)")
-    ax2.set_xlabel("confidence")
+    for hist, label in ((before, "before"), (after, "after")):
+        if not hist:
+            continue
+        n = hist["bins"]
+        edges = [i / n for i in range(n + 1)]
+        ax2.hist(edges[:-1], bins=edges, weights=hist["counts"], alpha=0.6,
+                 label=f"{label} ({sum(hist['counts'])} boxes)")
+    ax2.set_xlabel(f"confidence (boxes >= {(before or after or {}).get('min_score', 0.05):g})")
     ax2.set_ylabel("predicted boxes on the held-out set")
     ax2.set_title("Model confidence")
-    ax2.legend()
+    if before or after:
+        ax2.legend()
+    else:  # trainings evaluated before the histogram was recorded
+        ax2.text(0.5, 0.5, "no confidences recorded", ha="center", va="center",
+                 transform=ax2.transAxes)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -111,29 +131,33 @@ def _fmt(value: float | None) -> str:
 
 
 def write_round_report(
-    layout: Layout, config: PipelineConfig, *, dag_id: str, run_id: str, results: dict
+    layout: Layout,
+    config: PipelineConfig,
+    *,
+    dag_id: str,
+    run_id: str,
+    base_version: str,
+    train: TrainResult,
+    gate: GateResult,
+    merge: MergeResult,
+    retrain: TrainResult | None = None,
 ) -> dict:
     """Gather the round's results into ``report.json`` and ``report.png``.
 
-    :param results: XCom results: ``version``, ``train``, ``gate``, ``selection``,
-        ``corrections``, ``merge`` (and ``retrain`` when the round retrained).
+    Reads the round's files through :class:`RoundPaths` (selection, corrections, merge
+    report) and the trainings' evaluations; runs no model.
     """
-    from hitl_plugin.schemas import Corrections, SelectionManifest
-
-    round_dir = layout.round_dir(dag_id, run_id)
-    selection = SelectionManifest.model_validate_json(
-        Path(results["selection"]["selection"]).read_text())
-    corrections = Corrections.model_validate_json(
-        Path(results["corrections"]["corrections"]).read_text())
-    merge = results["merge"]
-    merge_report = json.loads(Path(merge["report"]).read_text())
+    paths = layout.round(dag_id, run_id)
+    selection = read_model(SelectionManifest, paths.selection)
+    corrections = read_model(Corrections, paths.corrections)
+    merge_report = json.loads(Path(merge["report"]).read_text(encoding="utf-8"))
     by_suspicion = Counter(s.kind for item in selection.items for s in item.suspicions)
-    retrain = results.get("retrain")
     rep = {
+        "schema_version": REPORT_SCHEMA,
         "dag_id": dag_id,
         "run_id": run_id,
         "dataset": config.dataset.name,
-        "base_version": results["version"],
+        "base_version": base_version,
         "new_version": merge["version"],
         "selected": len(selection.items),
         "selection": {
@@ -148,20 +172,18 @@ def write_round_report(
         "fixed": merge_report.get("fixed_by_kind", {}),
         "pool_labeled": merge_report["counts"]["pool_labeled"],
         "pool_boxes_labeled": merge_report["counts"]["pool_boxes_labeled"],
-        "map50_95_before": results["train"]["metrics"]["map50_95"],
+        "map50_95_before": train["metrics"]["map50_95"],
         "map50_95_after": retrain["metrics"]["map50_95"] if retrain else None,
-        "promoted": results["gate"].get("promoted"),
-        "plot": str(round_dir / "report.png"),
-        "report": str(round_dir / "report.json"),
+        "promoted": gate["promoted"],
+        "plot": str(paths.plot),
+        "report": str(paths.report),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    imgsz = config.training.imgsz
-    before = val_confidences(results["train"]["checkpoint"], layout, config.dataset.name,
-                             imgsz=imgsz)
-    after = (val_confidences(retrain["checkpoint"], layout, config.dataset.name, imgsz=imgsz)
-             if retrain else None)
-    plot_round(Path(rep["plot"]), _history(layout, dag_id, run_id) + [rep], before, after)
+    before = confidences(ModelPaths(Path(train["model_dir"])))
+    after = confidences(ModelPaths(Path(retrain["model_dir"]))) if retrain else None
+    history = [r for r in read_reports(layout, dag_id) if r.get("run_id") != run_id]
+    plot_round(paths.plot, history + [rep], before, after)
     rep["text"] = summary_text(rep)
-    write_json_atomic(round_dir / "report.json", rep)
+    write_json_atomic(paths.report, rep)
     log.info("round report written to %s", rep["report"])
     return rep

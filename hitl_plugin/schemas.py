@@ -1,7 +1,15 @@
-"""Files that pass between the steps of a round (the contracts between the parts).
+"""The contracts between the parts: the files a round writes, and what each step returns.
 
-All live under ``rounds/<dag_id>/<run_id>/`` as JSON. XCom carries only their paths
-and small counts. Boxes are COCO pixel boxes ``[x, y, width, height]``.
+- **Files** (pydantic models) live under ``rounds/<dag_id>/<run_id>/`` as JSON, named by
+  :class:`hitl_plugin.paths.RoundPaths`. Boxes are COCO pixel boxes ``[x, y, width, height]``.
+- **Step results** (TypedDicts, one per step of :mod:`hitl_plugin.steps`) are small JSON:
+  paths, ids and counts. They are what the operators return as XCom; each has exactly one
+  shape, and the DAG passes a downstream step the one field it needs.
+- **Schema versions.** Every file a later package version must still read carries
+  ``schema_version``. A file without one was written by airflow-hitl 0.1.0, before versions
+  were recorded (version 0); its layout is the same minus the fields added since. A file
+  from a newer version than this package knows is refused with a clear error
+  (:func:`check_schema`) rather than misread.
 """
 
 from __future__ import annotations
@@ -10,9 +18,30 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from hitl_plugin.exceptions import HitlError
+
+#: Current schema versions of the files that outlive a package upgrade.
+MANIFEST_SCHEMA = 1  # datasets/<name>/vNNNN/manifest.json
+TRAIN_RESULT_SCHEMA = 1  # models/.../train_result.json and PROMOTED.json (checkpoint metadata)
+ROUND_FILE_SCHEMA = 1  # rounds/.../selection.json and corrections.json
+REPORT_SCHEMA = 1  # rounds/.../report.json
+
+
+class SchemaError(HitlError, ValueError):
+    """A file was written by a newer airflow-hitl than the one reading it."""
+
+
+def check_schema(data: dict, current: int, what: str) -> int:
+    """The file's schema version (0 when it has none); refuse one newer than ``current``."""
+    version = data.get("schema_version", 0) if isinstance(data, dict) else 0
+    if not isinstance(version, int) or version > current:
+        raise SchemaError(f"{what}: schema_version {version!r} is newer than this airflow-hitl "
+                          f"reads ({current}); upgrade the package")
+    return version
 
 SuspicionKind = Literal["missing", "spurious", "class_swap", "bad_box"]
 ReasonKind = Literal["label_error", "uncertainty", "audit", "quota"]
@@ -79,6 +108,7 @@ class SelectedSample(_Model):
 class SelectionManifest(_Model):
     """What a round sends to the labeling service (``selection.json``)."""
 
+    schema_version: int = 0
     dag_id: str
     run_id: str
     dataset: str
@@ -122,12 +152,154 @@ class Rejected(_Model):
 class Corrections(_Model):
     """The validated outcome of a round (``corrections.json``)."""
 
+    schema_version: int = 0
     dag_id: str
     run_id: str
     dataset: str
     version: str
     items: list[Correction]
     rejected: list[Rejected] = Field(default_factory=list)
+
+
+def read_model(model: type[BaseModel], path: str | os.PathLike[str]) -> Any:
+    """Read a versioned round file (``selection.json``, ``corrections.json``)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    check_schema(data, ROUND_FILE_SCHEMA, str(path))
+    return model.model_validate(data)
+
+
+# -- what each step returns (XCom) ------------------------------------------------------------
+
+
+class PrepareResult(TypedDict):
+    """The dataset version the round starts from."""
+
+    version: str
+    counts: dict[str, Any]
+
+
+class EvalMetrics(TypedDict, total=False):
+    """COCO metrics of a checkpoint on the clean held-out set (``metrics.json``)."""
+
+    map50_95: float
+    map50: float
+    per_class: dict[str, float]
+    n_images: int
+    n_predictions: int
+    checkpoint: str
+    confidences: dict[str, Any]
+
+
+class Lineage(TypedDict):
+    """What a checkpoint was made from (kept in its metadata)."""
+
+    dataset: str
+    version: str
+    config_sha256: str
+    package_version: str
+    seed: int
+    weights: str | None
+    weights_source: str
+
+
+class TrainResult(TypedDict):
+    """One training of the round and its evaluation (``train_result.json`` + metrics)."""
+
+    schema_version: int
+    checkpoint: str
+    last: str
+    model_dir: str
+    version: str
+    epochs: int
+    epochs_recorded: int
+    resumed_from_epoch: int | None
+    weights_source: str
+    weighted_images: int
+    data_yaml: str
+    seconds: float
+    device: str
+    lineage: Lineage
+    train_metrics: dict[str, float | None]
+    metrics: EvalMetrics
+
+
+class GateResult(TypedDict):
+    """The promotion decision; ``checkpoint`` is the one to use from now on."""
+
+    promoted: bool
+    checkpoint: str
+    model_version: str
+    metrics: EvalMetrics
+    candidate: float | None
+    current: float | None
+    reason: str
+
+
+class ScoreResult(TypedDict):
+    scores: str
+    n_images: int
+    version: str
+    seconds: float
+
+
+class Batch(TypedDict):
+    """The fan-out unit: items ``[start, stop)`` of the selection."""
+
+    selection: str
+    start: int
+    stop: int
+
+
+class SelectResult(TypedDict):
+    selection: str
+    n_selected: int
+    by_reason: dict[str, int]
+    batches: list[Batch]
+
+
+class SubmitResult(TypedDict):
+    project_id: int
+    submitted: int
+    already_present: int
+    batch: list[int]
+    duplicates: int
+    submission: str
+
+
+class WaitResult(TypedDict):
+    project_id: int
+    total: int
+    completed: int
+    annotated: int
+    skipped: int
+    fraction: float
+    complete: bool
+    deadline: str
+
+
+class CollectResult(TypedDict):
+    corrections: str
+    labeled: int
+    skipped: int
+    rejected: int
+    pending: int
+
+
+class MergeResult(TypedDict):
+    version: str
+    parent: str
+    round: int
+    images_corrected: int
+    pool_labeled: int
+    skipped: int
+    conflicts: int
+    rejected: int
+    report: str
+
+
+class ReportResult(TypedDict):
+    report: str
+    plot: str
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 1) -> Path:

@@ -1,27 +1,16 @@
 """Thin Airflow operators of airflow-hitl (installed as ``hitl_plugin.operators``).
 
-Classes load lazily on first use, so importing one operator does not import the others.
+Each renders its arguments, calls one step of :mod:`hitl_plugin.steps`, and returns the
+step's typed result. Classes load lazily on first use, so importing one operator does not
+import the others.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from hitl_plugin import config as _config
-
-
-def _variable(key: str) -> str | None:
-    from airflow.sdk import Variable
-
-    try:
-        return Variable.get(key, default=None)
-    except Exception:  # no Airflow context (plain Python use): fall back to the environment
-        return None
-
-
-_config.variable_lookup = _variable
-
 _CLASSES = {
+    "HitlOperator": "base",
     "PrepareDatasetOperator": "dataset",
     "RoundReportOperator": "dataset",
     "YoloTrainOperator": "model",

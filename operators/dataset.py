@@ -5,75 +5,58 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from hitl_plugin.operators.base import HitlOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from hitl_plugin.schemas import PrepareResult, ReportResult
 
-class PrepareDatasetOperator(BaseOperator):
-    """Return the dataset version a round starts from, importing the source on first use.
 
-    When the pipeline's dataset has no version yet, ``dataset.source_dir`` (the layout
-    ``hitl synth`` writes) is imported as ``v0001``. Returns the version name.
+class PrepareDatasetOperator(HitlOperator):
+    """The dataset version a round starts from, importing the source on first use.
+
+    See :func:`hitl_plugin.steps.prepare`. Returns ``{"version", "counts"}``.
 
     :param config_path: the pipeline YAML file.
     """
 
     template_fields: Sequence[str] = ("config_path",)
 
-    def __init__(self, *, config_path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
+    def execute(self, context: Context) -> PrepareResult:
+        from hitl_plugin import steps
 
-    def execute(self, context: Context) -> str:
-        from hitl_plugin.config import load_config, storage_root
-        from hitl_plugin.dataset.store import DatasetError, DatasetStore
-
-        config = load_config(self.config_path)
-        store = DatasetStore(storage_root(config), config.dataset.name)
-        version = store.latest()
-        if version is None:
-            source = config.resolve(config.dataset.source_dir)
-            if source is None:
-                raise DatasetError(
-                    f"{self.config_path}: dataset {config.dataset.name!r} has no version under "
-                    f"{store.dir} and dataset.source_dir is not set"
-                )
-            self.log.info("Importing %s as the first version of %s", source, config.dataset.name)
-            version = store.import_source(source)
-        manifest = store.verify(version)
-        self.log.info(
-            "Round starts from %s %s: %s", config.dataset.name, version, manifest["counts"]
-        )
-        return version
+        return steps.prepare(self.round(context))
 
 
-class RoundReportOperator(BaseOperator):
+class RoundReportOperator(HitlOperator):
     """Write the round's summary (``report.json``) and plot (``report.png``).
 
+    See :func:`hitl_plugin.steps.report`. Returns ``{"report", "plot"}``.
+
     :param config_path: the pipeline YAML file.
-    :param results: the XCom results of the round's steps, by step name.
+    :param base_version: the version the round started from.
+    :param train: the train step's result.
+    :param gate: the gate step's result.
+    :param merge: the merge step's result.
+    :param retrain: the result of the training after the merge, when the round has one.
     """
 
-    template_fields: Sequence[str] = ("config_path", "results")
+    template_fields: Sequence[str] = ("config_path", "base_version", "train", "gate", "merge",
+                                      "retrain")
 
-    def __init__(self, *, config_path: str, results: dict, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
-        self.results = results
+    def __init__(self, *, config_path: str, base_version: Any, train: Any, gate: Any,
+                 merge: Any, retrain: Any = None, **kwargs: Any) -> None:
+        super().__init__(config_path=config_path, **kwargs)
+        self.base_version = base_version
+        self.train = train
+        self.gate = gate
+        self.merge = merge
+        self.retrain = retrain
 
-    def execute(self, context: Context) -> dict:
-        from hitl_plugin.config import load_config, storage_root
-        from hitl_plugin.paths import Layout
-        from hitl_plugin.report import write_round_report
+    def execute(self, context: Context) -> ReportResult:
+        from hitl_plugin import steps
 
-        config = load_config(self.config_path)
-        layout = Layout.at(storage_root(config))
-        dag_id, run_id = context["dag"].dag_id, context["run_id"]
-        summary = write_round_report(
-            layout, config, dag_id=dag_id, run_id=run_id, results=self.results
-        )
-        for line in summary["text"].splitlines():
-            self.log.info("%s", line)
-        return {"report": summary["report"], "plot": summary["plot"]}
+        return steps.report(self.round(context), base_version=self.base_version,
+                            train=self.train, gate=self.gate, merge=self.merge,
+                            retrain=self.retrain)

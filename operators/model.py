@@ -3,9 +3,10 @@
 ``YoloTrainOperator`` trains and then evaluates (one task: the evaluation needs the
 checkpoint on the same machine, a GPU worker included, and is short next to training);
 ``PromoteModelOperator`` applies the gate. With ``gate.require_approval`` the DAG puts
-Airflow's ``ApprovalOperator`` between the two; :func:`approval_body` writes its text.
+Airflow's ``ApprovalOperator`` between the two, with
+:func:`hitl_plugin.model.gate.approval_body` as its text.
 
-Nothing heavy is imported here: torch and Ultralytics load inside ``execute``.
+Nothing heavy is imported here: torch and Ultralytics load inside the steps.
 """
 
 from __future__ import annotations
@@ -13,34 +14,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
-from hitl_plugin.operators._args import optional_int
+from hitl_plugin.operators.base import HitlOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-__all__ = ["PromoteModelOperator", "YoloTrainOperator", "approval_body"]
+    from hitl_plugin.schemas import GateResult, TrainResult
+
+__all__ = ["PromoteModelOperator", "YoloTrainOperator"]
 
 
-def approval_body(metrics: dict) -> str:
-    """Markdown body for ``ApprovalOperator``: the candidate checkpoint's metrics."""
-    from hitl_plugin.model.gate import approval_body as body
-
-    return body(metrics)
-
-
-class YoloTrainOperator(BaseOperator):
+class YoloTrainOperator(HitlOperator):
     """Train the pipeline's YOLO model on a dataset version, then evaluate it.
 
-    Warm-starts from the pipeline's promoted checkpoint, else ``model.base_checkpoint``.
-    Writes a checkpoint every epoch under ``models/<dag_id>/<run_id>/``; a retry of the task
-    resumes from the last one instead of starting again. The evaluation is COCO mAP on the
-    dataset's clean held-out set (``metrics.json`` in the same folder).
-
-    Returns ``{"checkpoint", "last", "model_dir", "version", "epochs",
-    "resumed_from_epoch", "weights_source", "metrics": {"map50_95", "map50", "per_class",
-    "n_images", "n_predictions", "checkpoint"}, "train_metrics", ...}``.
+    See :func:`hitl_plugin.steps.train`: warm start from the promoted checkpoint (else
+    ``model.base_checkpoint``), a checkpoint every epoch under ``models/<dag_id>/<run_id>/``
+    (a retry resumes from the last one), COCO mAP on the clean held-out set, and the
+    checkpoint's lineage. Returns a :class:`~hitl_plugin.schemas.TrainResult`.
 
     :param config_path: the pipeline YAML file.
     :param version: the dataset version (default: the latest).
@@ -52,81 +42,41 @@ class YoloTrainOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("config_path", "version", "epochs", "imgsz")
 
-    def __init__(
-        self,
-        *,
-        config_path: str,
-        version: str | None = None,
-        epochs: int | str | None = None,
-        imgsz: int | str | None = None,
-        name: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if not config_path:
-            raise ValueError("config_path is required")
-        self.config_path = config_path
+    def __init__(self, *, config_path: str, version: Any = None, epochs: Any = None,
+                 imgsz: Any = None, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(config_path=config_path, **kwargs)
         self.version = version
         self.epochs = epochs
         self.imgsz = imgsz
         self.name = name
 
-    def execute(self, context: Context) -> dict:
-        from hitl_plugin.config import load_config, storage_root
-        from hitl_plugin.model.train import train_and_evaluate
+    def execute(self, context: Context) -> TrainResult:
+        from hitl_plugin import steps
+        from hitl_plugin.templated import optional_int, optional_str
 
-        config = load_config(self.config_path)
-        epochs = optional_int(self.epochs, "epochs", 1)
-        imgsz = optional_int(self.imgsz, "imgsz", 32)
-        result = train_and_evaluate(
-            config, root=storage_root(config), dag_id=context["dag"].dag_id,
-            run_id=context["run_id"], version=self.version or None, epochs=epochs, imgsz=imgsz,
-            name=self.name,
-        )
-        metrics = result["metrics"]
-        self.log.info("Trained %s (%s epochs, warm start: %s, resumed from epoch %s)",
-                      result["checkpoint"], result["epochs"], result["weights_source"],
-                      result["resumed_from_epoch"])
-        self.log.info("Held-out mAP50-95 %.4f, mAP50 %.4f on %s images", metrics["map50_95"],
-                      metrics["map50"], metrics["n_images"])
-        return result
+        return steps.train(self.round(context), version=optional_str(self.version, "version"),
+                           epochs=optional_int(self.epochs, "epochs", 1),
+                           imgsz=optional_int(self.imgsz, "imgsz", 32), name=self.name)
 
 
-class PromoteModelOperator(BaseOperator):
+class PromoteModelOperator(HitlOperator):
     """Promote the new checkpoint if it beats the promoted one on the held-out metric.
 
-    Returns ``{"promoted": bool, "checkpoint": <the checkpoint to use from now on: the
-    promoted one>, "model_version", "metrics", "candidate", "current", "reason"}``; a retry
-    after a promotion returns the same answer.
+    See :func:`hitl_plugin.steps.gate`. Returns a :class:`~hitl_plugin.schemas.GateResult`:
+    ``checkpoint`` is the one to use from now on (the promoted one); a retry after a
+    promotion returns the same answer.
 
     :param config_path: the pipeline YAML file.
-    :param train_result: the XCom result of :class:`YoloTrainOperator`.
+    :param candidate: the train step's result.
     """
 
-    template_fields: Sequence[str] = ("config_path", "train_result")
+    template_fields: Sequence[str] = ("config_path", "candidate")
 
-    def __init__(self, *, config_path: str, train_result: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not config_path:
-            raise ValueError("config_path is required")
-        self.config_path = config_path
-        self.train_result = train_result
+    def __init__(self, *, config_path: str, candidate: Any, **kwargs: Any) -> None:
+        super().__init__(config_path=config_path, **kwargs)
+        self.candidate = candidate
 
-    def execute(self, context: Context) -> dict:
-        from hitl_plugin.config import load_config, storage_root
-        from hitl_plugin.model.gate import apply_gate
+    def execute(self, context: Context) -> GateResult:
+        from hitl_plugin import steps
 
-        result = self.train_result
-        if not isinstance(result, dict) or "checkpoint" not in result or "metrics" not in result:
-            raise AirflowException(
-                "train_result must be the train task's result with 'checkpoint' and 'metrics', "
-                f"got {type(result).__name__}"
-            )
-        config = load_config(self.config_path)
-        dag_id, run_id = context["dag"].dag_id, context["run_id"]
-        verdict = apply_gate(
-            storage_root(config), dag_id, run_id, result["checkpoint"], result["metrics"],
-            metric=config.gate.metric, margin=config.gate.margin,
-        )
-        self.log.info("Gate: %s (promoted: %s)", verdict["reason"], verdict["promoted"])
-        return verdict
+        return steps.gate(self.round(context), candidate=self.candidate)

@@ -42,7 +42,7 @@ def _truth(source: Path) -> dict:
 def _wrong_images(coco: dict, truth: dict, iou_min: float = 0.75) -> set[int]:
     """Labeled images whose boxes differ from the truth (a box or class missing or extra, or
     a box off by IoU < iou_min): what the synthetic data lets us count exactly."""
-    from hitl_plugin.synth import iou
+    from hitl_plugin.boxes import iou
 
     def boxes(data: dict) -> dict[int, list[tuple[int, list[float]]]]:
         out: dict[int, list] = {}
@@ -80,7 +80,7 @@ def _find_project(url: str, token: str, title: str) -> int | None:
 
 def _annotators(url: str, token: str, title: str, truth: dict, done: threading.Event) -> None:
     """Label every open task of the round's project until the run ends (a simulator)."""
-    from hitl_plugin.labeling.simulator import simulate
+    from hitl_dev.simulator import simulate
 
     project = None
     while not done.is_set() and project is None:
@@ -99,7 +99,7 @@ def _annotators(url: str, token: str, title: str, truth: dict, done: threading.E
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # one line per labeled task is too much here; the demo prints its own progress
-    logging.getLogger("hitl_plugin.labeling.simulator").setLevel(logging.WARNING)
+    logging.getLogger("hitl_dev.simulator").setLevel(logging.WARNING)
     t_start = time.monotonic()
     home = Path(os.environ.get("HITL_HOME") or REPO / ".hitl").absolute()
     os.environ["HITL_HOME"] = str(home)
@@ -107,15 +107,15 @@ def main() -> int:
     af_port = int(os.environ.get("HITL_AIRFLOW_PORT", 8080))
     ls_port = int(os.environ.get("HITL_LS_PORT", 8081))
 
+    from hitl_dev.labelstudio import LabelStudioServer
+    from hitl_dev.stack import AirflowApi, AirflowStack
     from hitl_plugin.config import load_config
-    from hitl_plugin.labeling.server import LabelStudioServer
-    from hitl_plugin.stack import AirflowApi, AirflowStack
 
     config = load_config(REPO / "dags" / "configs" / "shapes.yaml")
     source = config.resolve(config.dataset.source_dir)
     _step(f"1/5 synthetic dataset in {source}")
     if not (source / "annotations" / "train_truth.json").is_file():
-        from hitl_plugin.synth import generate
+        from hitl_dev.synth import generate
 
         generate(source, train=300, val=100, pool=200, classes=4, imgsz=128, noise=0.15, seed=7)
     print(f"    {source}")
@@ -169,7 +169,7 @@ def main() -> int:
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.paths import Layout
 
-    rep = json.loads((Layout.at(home).round_dir(DAG_ID, run_id) / "report.json").read_text())
+    rep = json.loads(Layout.at(home).round(DAG_ID, run_id).report.read_text())
     print(rep["text"])
     store = DatasetStore(home, config.dataset.name)
     truth = _truth(source)
@@ -180,6 +180,10 @@ def main() -> int:
     print(f"  checked against the synthetic truth: of the {len(labeled)} labeled images, "
           f"{len(before)} had wrong labels in {rep['base_version']}, {len(after)} in "
           f"{rep['new_version']}")
+    cost = api.task_durations(DAG_ID, run_id)
+    print("  task durations (s): " + ", ".join(f"{k} {v}" for k, v in cost["durations"].items()))
+    print(f"  overhead (every task but the trainings and the wait): {cost['overhead_s']} s = "
+          f"{cost['overhead_pct']} % of training ({cost['train_s']} s)")
     print(f"\nTotal wall time: {time.monotonic() - t_start:.0f} s")
     print(f"Both servers keep running: Airflow {stack.url}, Label Studio {ls.url}. "
           "Stop them with: make stop")

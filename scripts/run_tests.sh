@@ -7,6 +7,6 @@ export HITL_HOME="${HITL_TEST_HOME:-$(mktemp -d /tmp/hitl-test.XXXXXX)}"
 echo "[test] storage root for this run: $HITL_HOME"
 start=$(date +%s)
 echo "[test] lint (ruff; heavy imports banned at module level)"
-.venv/bin/ruff check hitl_plugin operators sensors dags tests scripts
+.venv/bin/ruff check hitl_plugin hitl_dev operators sensors dags tests scripts
 .venv/bin/python -m pytest -p no:cacheprovider --durations=15 "$@" tests
 echo "[test] total wall time: $(( $(date +%s) - start )) s"

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from hitl_plugin.config import ConfigError, load_config, parse_config
+from hitl_plugin.config import load_config, parse_config
+from hitl_plugin.exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hitl_dev.synth import KINDS, MAX_OCCLUSION, SHAPES, _render, generate, main
+from hitl_plugin.boxes import iou
 from hitl_plugin.dataset.coco import read_coco
-from hitl_plugin.synth import KINDS, MAX_OCCLUSION, SHAPES, _render, generate, iou, main
 
 FILES = ("train", "train_truth", "val", "pool", "pool_truth")
 

@@ -7,8 +7,8 @@ import json
 import sys
 
 from hitl_plugin.config import storage_root
-from hitl_plugin.dataset.coco import CocoError
-from hitl_plugin.dataset.store import DatasetError, DatasetStore
+from hitl_plugin.dataset.store import DatasetStore
+from hitl_plugin.exceptions import CocoError, DatasetError
 
 
 def main(argv: list[str], prog: str = "hitl dataset") -> int:

@@ -17,23 +17,13 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from hitl_plugin.exceptions import CocoError
+
 SOURCES = ("original", "model", "human")
 SPLITS = ("train", "pool")
 MAX_SHOWN = 50
 #: Boxes may overhang the image by this many pixels (rounding in exporters).
 EDGE_TOLERANCE = 1.0
-
-
-class CocoError(ValueError):
-    """A COCO file failed validation; ``problems`` lists what is wrong."""
-
-    def __init__(self, source: str, problems: list[str], total: int) -> None:
-        self.source = source
-        self.problems = problems
-        self.total = total
-        shown = "\n".join(f"  - {p}" for p in problems)
-        more = f"\n  ... and {total - len(problems)} more" if total > len(problems) else ""
-        super().__init__(f"{source}: {total} problem(s) in COCO file\n{shown}{more}")
 
 
 class _Problems:

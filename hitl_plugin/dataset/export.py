@@ -21,10 +21,8 @@ from pathlib import Path
 import yaml
 
 from hitl_plugin.dataset.coco import annotations_by_image, class_names
-from hitl_plugin.paths import Layout
+from hitl_plugin.paths import ExportPaths, Layout
 from hitl_plugin.schemas import write_json_atomic
-
-DONE = ".complete.json"
 
 
 def yolo_line(bbox: list[float], width: float, height: float, cls: int) -> str | None:
@@ -77,13 +75,16 @@ def export_yolo(
     """Write (or reuse) the YOLO layout of a version; return the path of its ``data.yaml``.
 
     Only images of the ``train`` split are exported for training; pool images have no
-    labels yet. ``weights.json`` beside ``data.yaml`` lists each training image's path and
-    sampling weight, in the order of ``train.txt``.
+    labels yet. ``weights.json`` (:attr:`ExportPaths.weights`, read by :func:`read_weights`)
+    lists each training image's path and sampling weight, in the order of ``train.txt``.
+
+    :param out: the export folder (default: the version's, under ``exports/``).
     """
     layout = Layout.at(root)
-    out = out or layout.export_dir(name, version)
-    data_yaml = out / "data.yaml"
-    if (out / DONE).is_file() and data_yaml.is_file():
+    paths = ExportPaths(Path(out)) if out is not None else layout.export(name, version)
+    out = paths.dir
+    data_yaml = paths.data_yaml
+    if paths.done.is_file() and data_yaml.is_file():
         return data_yaml
     names = class_names(coco)
     class_index = {
@@ -91,9 +92,9 @@ def export_yolo(
     }
     labeled = [i for i in coco["images"] if i.get("hitl_split", "train") == "train"]
     train = {**coco, "images": labeled}
-    rows = _write_split(layout, train, out / "train", "train.txt", class_index)
-    _write_split(layout, val, out / "val", "val.txt", class_index)
-    write_json_atomic(out / "weights.json", rows, indent=None)
+    rows = _write_split(layout, train, paths.split("train"), "train.txt", class_index)
+    _write_split(layout, val, paths.split("val"), "val.txt", class_index)
+    write_json_atomic(paths.weights, rows, indent=None)
     data = {
         "path": str(out),
         "train": str(out / "train" / "train.txt"),
@@ -101,5 +102,11 @@ def export_yolo(
         "names": dict(enumerate(names)),
     }
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
-    (out / DONE).write_text(json.dumps({"dataset": name, "version": version}))
+    paths.done.write_text(json.dumps({"dataset": name, "version": version}))
     return data_yaml
+
+
+def read_weights(data_yaml: Path) -> dict[str, float]:
+    """The sampling weight of each training image of an export (path -> weight)."""
+    rows = json.loads(ExportPaths(Path(data_yaml).parent).weights.read_text(encoding="utf-8"))
+    return {row["path"]: float(row["weight"]) for row in rows}

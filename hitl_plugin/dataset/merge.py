@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hitl_plugin.boxes import iou
 from hitl_plugin.dataset.coco import EDGE_TOLERANCE
 from hitl_plugin.dataset.store import (
     FORMAT,
-    DatasetError,
     DatasetStore,
     iter_coco_lines,
     utcnow,
@@ -46,12 +46,12 @@ from hitl_plugin.dataset.store import (
     version_number,
     write_coco_lines,
 )
+from hitl_plugin.exceptions import DatasetError
 from hitl_plugin.paths import Layout
 from hitl_plugin.schemas import Correction, Corrections, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "merge_report.json"
 #: Matched boxes whose corners moved by at most this many pixels count as unchanged
 #: (Label Studio stores percentages: a box that round-trips comes back off by a fraction).
 UNCHANGED_PX = 1.0
@@ -99,16 +99,6 @@ def _ann_ids(line: str) -> tuple[int, int]:
 # -- per-image change statistics --------------------------------------------------------------
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = min(ax2, bx2) - max(a[0], b[0])
-    ih = min(ay2, by2) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
 def classify_changes(old: list[dict], new: list[dict]) -> dict[str, int]:
     """Count what a correction changed, matching old and new boxes greedily by IoU.
 
@@ -118,14 +108,14 @@ def classify_changes(old: list[dict], new: list[dict]) -> dict[str, int]:
     :data:`UNCHANGED_PX`; ``unchanged``: the rest.
     """
     pairs = sorted(
-        ((_iou(o["bbox"], n["bbox"]), i, j) for i, o in enumerate(old) for j, n in enumerate(new)),
+        ((iou(o["bbox"], n["bbox"]), i, j) for i, o in enumerate(old) for j, n in enumerate(new)),
         reverse=True,
     )
     used_old: set[int] = set()
     used_new: set[int] = set()
     counts = dict.fromkeys((*_KINDS, "unchanged"), 0)
-    for iou, i, j in pairs:
-        if iou < MATCH_IOU:
+    for overlap, i, j in pairs:
+        if overlap < MATCH_IOU:
             break
         if i in used_old or j in used_new:
             continue
@@ -380,7 +370,7 @@ def default_report_path(store: DatasetStore, round_key: str) -> Path:
     dag_id, sep, run_id = round_key.partition("|")
     if not sep:
         dag_id, run_id = "_merge", round_key
-    return Layout(store.layout.root).round_dir(dag_id, run_id) / REPORT_NAME
+    return Layout(store.layout.root).round(dag_id, run_id).merge_report
 
 
 def _result(manifest: dict, report_path: Path) -> dict:

@@ -13,7 +13,6 @@ thousand Python dicts in memory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from hitl_plugin.dataset.coco import read_coco, validate_coco
+from hitl_plugin.exceptions import DatasetError
+from hitl_plugin.locks import file_lock
 from hitl_plugin.paths import Layout
-from hitl_plugin.schemas import write_json_atomic
+from hitl_plugin.schemas import MANIFEST_SCHEMA, check_schema, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ MANIFEST = "manifest.json"
 FORMAT = "hitl-coco-lines/1"
 _HEAD_KEYS = ("info", "licenses", "categories")
 _LIST_KEYS = ("images", "annotations", "hitl_history")
-
-
-class DatasetError(RuntimeError):
-    """A dataset or version is missing, corrupt or cannot be written."""
 
 
 def utcnow() -> str:
@@ -179,9 +176,11 @@ class DatasetStore:
     def manifest(self, version: str) -> dict:
         path = self.version_dir(version) / MANIFEST
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DatasetError(f"dataset {self.name!r} has no version {version}") from None
+        check_schema(manifest, MANIFEST_SCHEMA, str(path))
+        return manifest
 
     def verify(self, version: str) -> dict:
         """Check the annotations file against the manifest's sha256; return the manifest."""
@@ -217,13 +216,8 @@ class DatasetStore:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Serialize publishers of this dataset (across processes)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.dir / ".lock", what=f"publishing dataset {self.name}"):
+            yield
 
     def publish(
         self,
@@ -273,6 +267,7 @@ class DatasetStore:
                     raw.flush()
                     os.fsync(raw.fileno())
                 manifest = {
+                    "schema_version": MANIFEST_SCHEMA,
                     "format": FORMAT,
                     "dataset": self.name,
                     "version": version,

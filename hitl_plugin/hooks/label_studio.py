@@ -72,7 +72,7 @@ class LabelStudioHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the URL and the token with ``GET /api/current-user/whoami``."""
-        from hitl_plugin.labeling.client import LabelStudioError
+        from hitl_plugin.exceptions import LabelStudioError
 
         try:
             with self.get_client() as client:

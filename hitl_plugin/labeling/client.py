@@ -29,47 +29,13 @@ from typing import Any
 
 import requests
 
+from hitl_plugin.exceptions import RETRY_ALWAYS, LabelStudioError
+
 log = logging.getLogger(__name__)
 
-#: Statuses after which the server did not act on the request: safe to retry any method.
-RETRY_ALWAYS = frozenset({429, 502, 503, 504})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: Data keys our tasks carry (see :mod:`hitl_plugin.labeling.tasks`).
 KEY_FIELD = "hitl_key"
-
-
-class LabelStudioError(RuntimeError):
-    """A Label Studio call failed.
-
-    :ivar status: HTTP status, or ``None`` when no response came (connection error, timeout).
-    :ivar reason: a short reason (never holds the token).
-    :ivar method: HTTP method of the failed call.
-    :ivar path: API path of the failed call (no query string).
-    :ivar sent: ``False`` when the request certainly did not reach the server (connect error).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        status: int | None = None,
-        method: str = "",
-        path: str = "",
-        sent: bool = True,
-    ) -> None:
-        self.reason = reason
-        self.status = status
-        self.method = method
-        self.path = path
-        self.sent = sent
-        where = f"{method} {path}".strip()
-        code = f"HTTP {status}" if status is not None else "no response"
-        super().__init__(f"Label Studio {where}: {code}: {reason}" if where else reason)
-
-    @property
-    def transient(self) -> bool:
-        """Whether waiting and asking again may succeed."""
-        return self.status is None or self.status in RETRY_ALWAYS or self.status >= 500
 
 
 def scrub(text: str, secret: str | None) -> str:

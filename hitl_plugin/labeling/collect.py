@@ -22,9 +22,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hitl_plugin.exceptions import InvalidResult
 from hitl_plugin.labeling.client import LabelStudioClient, run_filters
-from hitl_plugin.labeling.tasks import InvalidResult, hitl_key, region_to_box
-from hitl_plugin.schemas import Correction, Corrections, Rejected, SelectionManifest
+from hitl_plugin.labeling.tasks import hitl_key, region_to_box
+from hitl_plugin.schemas import (
+    ROUND_FILE_SCHEMA,
+    Correction,
+    Corrections,
+    Rejected,
+    SelectionManifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +152,7 @@ def collect_corrections(client: LabelStudioClient, *, project_id: int, dag_id: s
         by_image[outcome.image_id] = outcome
     for item in rejected:
         log.warning("Rejected task %s (image %s): %s", item.task_id, item.image_id, item.reason)
-    return Corrections(dag_id=dag_id, run_id=run_id, dataset=selection.dataset,
+    return Corrections(schema_version=ROUND_FILE_SCHEMA, dag_id=dag_id, run_id=run_id,
+                       dataset=selection.dataset,
                        version=selection.version,
                        items=[by_image[i] for i in sorted(by_image)], rejected=rejected)

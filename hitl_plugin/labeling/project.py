@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import re
 import tempfile
-from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
 
-from hitl_plugin.labeling.client import LabelStudioClient, LabelStudioError
+from hitl_plugin.exceptions import LabelStudioError
+from hitl_plugin.labeling.client import LabelStudioClient
 from hitl_plugin.labeling.tasks import label_config
+from hitl_plugin.locks import file_lock
+from hitl_plugin.paths import RoundPaths, safe_component
 
 log = logging.getLogger(__name__)
 
@@ -26,34 +27,9 @@ def config_labels(config: str) -> set[str]:
     return {unescape(m.group(1)[1:-1]) for m in _LABEL.finditer(config or "")}
 
 
-@contextmanager
-def _lock(title: str, lock_dir: Path | None):
-    """Serialise project setup of parallel submit tasks on one machine (mapped batches)."""
-    folder = Path(lock_dir) if lock_dir is not None else Path(tempfile.gettempdir())
-    folder.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", title)[:100]
-    with open(folder / f".ls-project-{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def ensure_project(client: LabelStudioClient, *, title: str, class_names: list[str],
-                   images_root: Path, model_version: str, lock_dir: Path | None = None) -> int:
-    """Return the id of the project titled ``title``, creating or updating it as needed.
-
-    See :func:`ensure_project_info`.
-    """
-    return ensure_project_info(client, title=title, class_names=class_names,
-                               images_root=images_root, model_version=model_version,
-                               lock_dir=lock_dir)["id"]
-
-
 def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: list[str],
                         images_root: Path, model_version: str,
-                        lock_dir: Path | None = None) -> dict:
+                        paths: RoundPaths | None = None) -> dict:
     """Find or create the project titled ``title`` and bring it up to date.
 
     :return: ``{"id": project id, "model_version_ok": whether the project shows
@@ -67,23 +43,26 @@ def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: l
     - PATCHes the project's ``model_version`` when it differs, so that annotators see this
       round's predictions.
 
-    Two tasks creating the project at once (on machines that do not share ``lock_dir``) both
-    end up on the lowest id; the extra empty project is deleted.
+    Parallel submit tasks (mapped batches) set up one at a time, under a lock in the round
+    folder (``paths``; without it, in the temporary folder). Two tasks creating the project
+    at once on machines that do not share that folder both end up on the lowest id; the
+    extra empty project is deleted.
 
-    With a ``lock_dir`` (the round folder), a setup that left the project complete is
-    remembered there, and the round's other batches reuse it without asking the service
-    again (the mapped submit tasks of one round share the project).
+    With ``paths``, a setup that left the project complete is remembered in the round
+    folder, and the round's other batches reuse it without asking the service again (the
+    mapped submit tasks of one round share the project).
     """
     if not class_names:
         raise ValueError("ensure_project needs at least one class name")
     path = str(Path(images_root).absolute())
     want = {"title": title, "classes": sorted(class_names), "images_root": path,
             "model_version": model_version, "url": client.url}
-    memo = None
-    if lock_dir is not None:
-        digest = re.sub(r"[^A-Za-z0-9_.-]", "_", title)[:100]
-        memo = Path(lock_dir) / f".ls-project-{digest}.json"
-    with _lock(title, lock_dir):
+    if paths is not None:
+        memo, lock = paths.project_memo(title), paths.project_lock(title)
+    else:
+        memo = None
+        lock = Path(tempfile.gettempdir()) / f".ls-project-{safe_component(title)[:100]}.lock"
+    with file_lock(lock, what=f"setting up the Label Studio project {title!r}"):
         if memo is not None and memo.is_file():
             try:
                 known = json.loads(memo.read_text())

@@ -12,50 +12,44 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
-from hitl_plugin.labeling.client import LabelStudioClient, LabelStudioError, backoff_delay
+from hitl_plugin.exceptions import ArgumentError, LabelStudioError
+from hitl_plugin.labeling.client import LabelStudioClient, backoff_delay
 from hitl_plugin.labeling.project import set_model_version
 from hitl_plugin.labeling.tasks import hitl_key, to_task
-from hitl_plugin.schemas import SelectionManifest, write_json_atomic
+from hitl_plugin.paths import RoundPaths
+from hitl_plugin.schemas import SelectionManifest, SubmitResult, write_json_atomic
+from hitl_plugin.templated import blank
 
 log = logging.getLogger(__name__)
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
+def project_and_expected(submissions: Iterable[SubmitResult] | None,
+                         project_id: int | str | None = None) -> tuple[int, int | None]:
+    """The project id and the number of tasks the submit step recorded (None: unknown).
 
-
-def submitted_results(submissions: Any) -> list[dict]:
-    """The submit step's XCom results (a dict, a list, or Airflow's lazy sequence of them)."""
-    if _blank(submissions):
-        return []
-    if isinstance(submissions, dict):
-        return [submissions]
-    return [s for s in list(submissions) if isinstance(s, dict)]
-
-
-def project_and_expected(submissions: Any, project_id: Any) -> tuple[int, int | None]:
-    """The project id and the number of tasks the submit step recorded (None: unknown)."""
-    results = submitted_results(submissions)
-    ids = {int(r["project_id"]) for r in results if not _blank(r.get("project_id"))}
-    if not _blank(project_id):
-        ids.add(int(project_id))
+    :param submissions: the results of the round's mapped submit tasks (a list, or Airflow's
+        lazy sequence of them).
+    :param project_id: the project, when no submissions are given (or to check them).
+    :raises ArgumentError: when they name no project, or more than one.
+    """
+    results = [] if blank(submissions) else list(submissions)  # type: ignore[arg-type]
+    bad = [r for r in results if not isinstance(r, dict) or blank(r.get("project_id"))]
+    if bad:
+        raise ArgumentError(f"submissions must be the submit step's results, got {bad[0]!r}")
+    ids = {int(r["project_id"]) for r in results}
+    if not blank(project_id):
+        ids.add(int(project_id))  # type: ignore[arg-type]
     if len(ids) != 1:
-        raise ValueError(f"expected one Label Studio project id, got {sorted(ids)} (pass "
-                               f"project_id or the submit step's results)")
+        raise ArgumentError(f"expected one Label Studio project id, got {sorted(ids)} (pass "
+                            f"project_id or the submit step's results)")
     expected = (sum(int(r.get("submitted", 0)) + int(r.get("already_present", 0))
                     for r in results) if results else None)
     return ids.pop(), expected
 
 
-def submission_file(round_dir: Path, start: int, stop: int) -> Path:
-    """Where the task ids of one batch are recorded."""
-    return Path(round_dir) / "submissions" / f"{int(start)}-{int(stop)}.json"
-
-
-def _other_splits(round_dir: Path, start: int, stop: int, image_ids: list[int]) -> bool:
+def _other_splits(paths: RoundPaths, start: int, stop: int, image_ids: list[int]) -> bool:
     """Whether any of ``image_ids`` may have been sent under another batch label.
 
     True when a record of this round holds one of the ids under other bounds, or when the
@@ -63,7 +57,7 @@ def _other_splits(round_dir: Path, start: int, stop: int, image_ids: list[int]) 
     unreadable record. Each record lists its image ids from before its import.
     """
     ours = set(image_ids)
-    for path in (Path(round_dir) / "submissions").glob("*-*.json"):
+    for path in paths.submissions.glob("*-*.json"):
         try:
             a, b = (int(v) for v in path.stem.split("-"))
         except ValueError:
@@ -81,11 +75,11 @@ def _other_splits(round_dir: Path, start: int, stop: int, image_ids: list[int]) 
 
 def submit_batch(client: LabelStudioClient, *, project_id: int, selection: SelectionManifest,
                  start: int, stop: int, dag_id: str, run_id: str, model_version: str,
-                 round_dir: Path | None = None, attempts: int = 3, backoff: float = 1.0,
+                 paths: RoundPaths | None = None, attempts: int = 3, backoff: float = 1.0,
                  sync_model_version: bool = True) -> dict:
     """Import the samples ``selection.items[start:stop]`` that the project does not hold yet.
 
-    :param round_dir: the round folder: ``submissions/<start>-<stop>.json`` is written there
+    :param paths: the round's files: ``submissions/<start>-<stop>.json`` is written there
         BEFORE the import (``status: importing``, the image ids) and after it (``done``, the
         task ids). Its records make the narrow key query safe (see
         :meth:`LabelStudioClient.tasks_by_key`); without it the exact range query is used.
@@ -110,16 +104,16 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
     # The narrow query (by batch label) is exact while the round's batch split never changed;
     # the submissions folder tells whether another split of this round was ever sent.
     ids = [s.image_id for s in samples.values()]
-    narrow = round_dir is not None and not _other_splits(round_dir, start, stop, ids)
+    narrow = paths is not None and not _other_splits(paths, start, stop, ids)
     if not narrow:
         log.info("Batch %s: checking keys by image id range (no record of the round's split)",
                  label)
     # The "importing" record is written before any import of a batch, so a batch without a
     # record was never sent: its first attempt needs no key query (the same trust in the round
     # folder as the narrow query; a retry, or a crash after the record, still queries).
-    never_sent = narrow and not submission_file(round_dir, start, stop).exists()
-    if round_dir is not None:
-        write_json_atomic(submission_file(round_dir, start, stop), {
+    never_sent = narrow and not paths.submission(start, stop).exists()
+    if paths is not None:
+        write_json_atomic(paths.submission(start, stop), {
             "status": "importing", "dag_id": dag_id, "run_id": run_id, "batch": [start, stop],
             "image_ids": ids})
     for attempt in range(max(1, attempts)):
@@ -163,8 +157,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         "batch": [int(start), int(stop)],
         "duplicates": duplicates,
     }
-    if round_dir is not None:
-        path = submission_file(round_dir, start, stop)
+    if paths is not None:
+        path = paths.submission(start, stop)
         write_json_atomic(path, {
             **result, "status": "done", "dag_id": dag_id, "run_id": run_id,
             "model_version": model_version, "image_ids": ids,

@@ -18,6 +18,7 @@ from xml.sax.saxutils import quoteattr
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hitl_plugin.exceptions import InvalidResult
 from hitl_plugin.schemas import CorrectedBox, SelectedSample
 
 #: The control and object tag names of our label config.
@@ -25,10 +26,6 @@ FROM_NAME = "label"
 TO_NAME = "image"
 #: How far (percent of the image side) a box may stick out and still be accepted (then clipped).
 TOLERANCE_PCT = 0.5
-
-
-class InvalidResult(ValueError):
-    """A result region from the labeling service that cannot be accepted."""
 
 
 def hitl_key(dag_id: str, run_id: str, image_id: int) -> str:

@@ -2,9 +2,10 @@
 
 Ultralytics' ``val(save_json=True)`` writes ``predictions.json`` and then evaluates it with
 ``faster-coco-eval``, which it tries to ``pip install`` when missing (that hung for 12
-minutes on a blocked network). Our validator keeps the first half and replaces the second:
-it writes the predictions and skips Ultralytics' own COCO evaluation; we evaluate the file
-with pycocotools' ``COCOeval`` against our own COCO file.
+minutes on a blocked network). Our validator
+(:func:`hitl_plugin.model.yolo.predictions_only_validator`) writes the predictions and skips
+Ultralytics' own COCO evaluation; we evaluate the file with pycocotools' ``COCOeval`` against
+our own COCO file.
 
 The YOLO export names images by COCO image id, so a prediction's ``image_id`` (the file
 stem) is the COCO id. Its ``category_id`` is ``class index + 1``; it is mapped back to the
@@ -19,24 +20,11 @@ import json
 import logging
 from pathlib import Path
 
-from hitl_plugin.model.offline import import_ultralytics, resolve_device, resolve_weights
+from hitl_plugin.model import yolo
+from hitl_plugin.paths import ModelPaths
 from hitl_plugin.schemas import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-
-
-def _validator_class() -> type:
-    from ultralytics.models.yolo.detect import DetectionValidator
-
-    class PredictionsOnlyValidator(DetectionValidator):
-        """Write ``predictions.json`` and stop: no faster-coco-eval, no pip."""
-
-        def eval_json(self, stats):
-            return stats
-
-    return PredictionsOnlyValidator
 
 
 def coco_metrics(val_coco: dict, predictions: list[dict]) -> dict:
@@ -99,41 +87,58 @@ def to_coco_predictions(raw: list[dict], val_coco: dict) -> list[dict]:
     return out
 
 
+#: Boxes from this score on count in the confidence histogram of the round report.
+HISTOGRAM_MIN_SCORE = 0.05
+HISTOGRAM_BINS = 20
+
+
+def confidence_histogram(scores: list[float], *, bins: int = HISTOGRAM_BINS,
+                         min_score: float = HISTOGRAM_MIN_SCORE) -> dict:
+    """Counts of box scores >= ``min_score`` in ``bins`` equal bins over [0, 1]."""
+    counts = [0] * bins
+    for score in scores:
+        if score >= min_score:
+            counts[min(int(score * bins), bins - 1)] += 1
+    return {"bins": bins, "min_score": min_score, "counts": counts}
+
+
 def evaluate(
     checkpoint: Path,
     data_yaml: Path,
     val_coco: Path,
-    out_dir: Path,
+    out: ModelPaths,
     *,
     imgsz: int,
     device: str = "auto",
     batch: int = 16,
-    metrics_path: Path | None = None,
 ) -> dict:
     """Evaluate ``checkpoint`` on the ``val`` split of ``data_yaml`` against ``val_coco``.
+
+    One pass of the model over the held-out set gives everything later steps need from it:
+    the COCO metrics, and the histogram of the model's confidences that the round report
+    plots (so the report runs no model).
 
     :param checkpoint: the ``.pt`` to evaluate.
     :param data_yaml: the YOLO export (its ``val`` images are named by COCO image id).
     :param val_coco: the clean held-out COCO file.
-    :param out_dir: where Ultralytics writes ``val/predictions.json``.
-    :param metrics_path: where to write the metrics; default ``metrics.json`` next to the
-        checkpoint's ``weights`` folder's parent run, i.e. ``<checkpoint dir>/metrics.json``.
-    :return: ``{"map50_95", "map50", "per_class", "n_images", "n_predictions", "checkpoint"}``.
+    :param out: the training folder: the metrics go to ``out.metrics``, Ultralytics'
+        predictions to ``out.predictions``.
+    :return: ``{"map50_95", "map50", "per_class", "n_images", "n_predictions", "checkpoint",
+        "confidences"}``.
     """
-    checkpoint = resolve_weights(checkpoint)
-    out_dir = Path(out_dir).absolute()
+    checkpoint = yolo.resolve_weights(checkpoint)
     val = json.loads(Path(val_coco).read_text(encoding="utf-8"))
-    ultralytics = import_ultralytics()
-    device = resolve_device(device)
-    save_dir = out_dir / "val"
-    (save_dir / "predictions.json").unlink(missing_ok=True)  # never read a stale file
+    ultralytics = yolo.import_ultralytics()
+    device = yolo.resolve_device(device)
+    pred_file = out.predictions
+    pred_file.unlink(missing_ok=True)  # never read a stale file
     model = ultralytics.YOLO(str(checkpoint))
     model.val(
-        validator=_validator_class(), data=str(Path(data_yaml).absolute()), split="val",
-        imgsz=imgsz, batch=batch, device=device, save_json=True, plots=False, verbose=False,
-        project=str(out_dir), name="val", exist_ok=True, workers=0,
+        validator=yolo.predictions_only_validator(), data=str(Path(data_yaml).absolute()),
+        split="val", imgsz=imgsz, batch=batch, device=device, save_json=True, plots=False,
+        verbose=False, project=str(pred_file.parent.parent.absolute()),
+        name=pred_file.parent.name, exist_ok=True, workers=0,
     )
-    pred_file = save_dir / "predictions.json"
     raw = json.loads(pred_file.read_text(encoding="utf-8")) if pred_file.is_file() else []
     predictions = to_coco_predictions(raw, val)
     metrics = coco_metrics(val, predictions)
@@ -144,9 +149,9 @@ def evaluate(
         "n_images": len(val["images"]),
         "n_predictions": len(predictions),
         "checkpoint": str(checkpoint),
+        "confidences": confidence_histogram([p["score"] for p in predictions]),
     }
-    target = Path(metrics_path) if metrics_path else checkpoint.parent / "metrics.json"
-    write_json_atomic(target, result)
+    write_json_atomic(out.metrics, result)
     log.info("evaluated %s on %s images: mAP50-95 %.4f, mAP50 %.4f (%s predictions)",
              checkpoint.name, result["n_images"], result["map50_95"], result["map50"],
              result["n_predictions"])

@@ -7,7 +7,6 @@ breaks it. Every promotion is also appended to ``models/<dag_id>/promoted/histor
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -15,8 +14,9 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hitl_plugin.locks import file_lock
 from hitl_plugin.paths import Layout, safe_component
-from hitl_plugin.schemas import write_json_atomic
+from hitl_plugin.schemas import TRAIN_RESULT_SCHEMA, check_schema, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,11 @@ def promoted(root: str | os.PathLike[str], dag_id: str) -> dict | None:
     """The promoted checkpoint record of a pipeline, or None before the first promotion."""
     path = Layout.at(root).promoted_file(dag_id)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    check_schema(record, TRAIN_RESULT_SCHEMA, str(path))
+    return record
 
 
 def decide(
@@ -58,39 +60,34 @@ def decide(
                       f"keeping the checkpoint of run {current_record.get('run_id')}"}
 
 
-def _lock(root: str | os.PathLike[str], dag_id: str):
-    folder = Layout.at(root).promoted_file(dag_id).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fh = open(folder / ".promote.lock", "w")
-    fcntl.flock(fh, fcntl.LOCK_EX)
-    return fh
-
-
 def promote(
     root: str | os.PathLike[str],
     dag_id: str,
     checkpoint: str | os.PathLike[str],
     metrics: dict,
     run_id: str,
+    lineage: dict | None = None,
 ) -> dict:
     """Make ``checkpoint`` the pipeline's promoted checkpoint (copied, then recorded atomically).
 
+    :param lineage: what the checkpoint was made from (dataset version, config hash, package
+        version, seed), kept in the record.
     :return: the new ``PROMOTED.json`` record.
     """
     layout = Layout.at(root)
     source = Path(checkpoint)
     if not source.is_file():
         raise FileNotFoundError(f"checkpoint to promote does not exist: {source}")
-    folder = layout.promoted_file(dag_id).parent / "promoted"
+    folder = layout.promoted_dir(dag_id)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{safe_component(run_id)}.pt"
-    fh = _lock(root, dag_id)
-    try:
+    with file_lock(layout.promote_lock(dag_id), what=f"promoting a checkpoint of {dag_id}"):
         previous = promoted(root, dag_id)
         tmp = folder / f".{target.name}.{os.getpid()}.tmp"
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
         record = {
+            "schema_version": TRAIN_RESULT_SCHEMA,
             "checkpoint": str(target),
             "source_checkpoint": str(source.absolute()),
             "run_id": run_id,
@@ -99,13 +96,11 @@ def promote(
             "metrics": metrics,
             "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "previous_run_id": previous.get("run_id") if previous else None,
+            "lineage": lineage,
         }
         write_json_atomic(layout.promoted_file(dag_id), record)
-        with open(folder / "history.jsonl", "a", encoding="utf-8") as hist:
+        with open(layout.promotion_history(dag_id), "a", encoding="utf-8") as hist:
             hist.write(json.dumps(record) + "\n")
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
     log.info("promoted %s for %s (run %s)", target, dag_id, run_id)
     return record
 
@@ -119,6 +114,7 @@ def apply_gate(
     *,
     metric: str = "map50_95",
     margin: float = 0.0,
+    lineage: dict | None = None,
 ) -> dict:
     """Decide and, when better, promote; idempotent under retries of the same run.
 
@@ -134,7 +130,7 @@ def apply_gate(
                 "reason": "this run's checkpoint is already promoted (retry)"}
     verdict = decide(root, dag_id, metrics, metric=metric, margin=margin)
     if verdict["promote"]:
-        record = promote(root, dag_id, checkpoint, metrics, run_id)
+        record = promote(root, dag_id, checkpoint, metrics, run_id, lineage)
     else:
         record = current
     assert record is not None

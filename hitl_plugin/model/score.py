@@ -6,8 +6,9 @@ becomes one JSON line (:class:`hitl_plugin.schemas.ImageScore`) in a JSONL file,
 stays bounded however large the version is.
 
 **Class probabilities.** ``Results.boxes.conf`` only holds the top class score. A small
-:class:`DetectionPredictor` subclass (:func:`_prob_predictor`) keeps, for every box that
-survives NMS, the full vector of per-class sigmoid scores from the raw head output. YOLOv8
+``DetectionPredictor`` subclass (:func:`hitl_plugin.model.yolo.class_prob_predictor`) keeps,
+for every box that survives NMS, the full vector of per-class sigmoid scores from the raw
+head output. YOLOv8
 scores every class independently (sigmoid, not softmax), so the vector does **not** sum to
 one; :func:`uncertainty_of` normalizes it before taking the entropy.
 
@@ -54,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hitl_plugin.boxes import iou_matrix
 from hitl_plugin.config import SelectionConfig
 from hitl_plugin.paths import Layout
 from hitl_plugin.schemas import ImageScore, Prediction, Suspicion
@@ -79,22 +81,6 @@ KIND_WEIGHTS: dict[str, float] = {"missing": 1.0, "spurious": 0.4, "class_swap":
 
 
 # -- pure functions (no model) ------------------------------------------------------------
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between every box of ``a`` (N, 4) and ``b`` (M, 4), both COCO ``[x, y, w, h]``."""
-    a = np.asarray(a, dtype=float).reshape(-1, 4)
-    b = np.asarray(b, dtype=float).reshape(-1, 4)
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    ax1, ay1, aw, ah = a[:, 0:1], a[:, 1:2], a[:, 2:3], a[:, 3:4]
-    bx1, by1, bw, bh = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    iw = np.clip(np.minimum(ax1 + aw, bx1 + bw) - np.maximum(ax1, bx1), 0, None)
-    ih = np.clip(np.minimum(ay1 + ah, by1 + bh) - np.maximum(ay1, by1), 0, None)
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
 
 
 def uncertainty_of(probs: np.ndarray | Sequence[Sequence[float]]) -> dict[str, float]:
@@ -281,30 +267,6 @@ def score_record(
 # -- the model ----------------------------------------------------------------------------
 
 
-def _prob_predictor():
-    """A ``DetectionPredictor`` that attaches per-class sigmoid scores as ``r.class_probs``."""
-    from ultralytics.models.yolo.detect import DetectionPredictor
-    from ultralytics.utils import nms
-
-    class ClassProbPredictor(DetectionPredictor):
-        def postprocess(self, preds, img, orig_imgs, **kwargs):
-            raw = preds[0] if isinstance(preds, (list, tuple)) else preds
-            nc = len(self.model.names)
-            out, keep = nms.non_max_suppression(
-                raw, self.args.conf, self.args.iou, self.args.classes, self.args.agnostic_nms,
-                max_det=self.args.max_det, nc=0, return_idxs=True)
-            if not isinstance(orig_imgs, list):
-                from ultralytics.utils import ops
-
-                orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
-            results = self.construct_results(out, img, orig_imgs)
-            for b, (r, idx) in enumerate(zip(results, keep)):
-                r.class_probs = raw[b, 4:4 + nc, idx.long()].T.float().cpu().numpy()
-            return results
-
-    return ClassProbPredictor
-
-
 def predict_stream(
     checkpoint: str | os.PathLike[str],
     list_file: Path,
@@ -321,17 +283,17 @@ def predict_stream(
     Boxes are dicts ``bbox`` (COCO pixels), ``cls`` (YOLO index), ``score`` and
     ``class_probs`` (per-class sigmoid scores, YOLO index order).
     """
-    from hitl_plugin.model.offline import load_offline_yolo, resolve_device
+    from hitl_plugin.model import yolo
 
-    model = load_offline_yolo(checkpoint)  # imports Ultralytics offline; never downloads
+    model = yolo.load_offline_yolo(checkpoint)  # imports Ultralytics offline; never downloads
     import torch
 
-    device = resolve_device(device)
+    device = yolo.resolve_device(device)
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
     results = model.predict(
         str(list_file), stream=True, imgsz=imgsz, conf=conf, iou=iou, device=device,
-        batch=batch, verbose=False, predictor=_prob_predictor(), save=False)
+        batch=batch, verbose=False, predictor=yolo.class_prob_predictor(), save=False)
     for r in results:
         boxes = []
         xyxy = r.boxes.xyxy.cpu().numpy()

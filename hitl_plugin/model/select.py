@@ -35,28 +35,25 @@ images sorted by id, so the same scores and seed give the same manifest.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from hitl_plugin.config import SelectionConfig
+from hitl_plugin.config import STRATEGIES, SelectionConfig
+from hitl_plugin.model.score import read_scores
 from hitl_plugin.schemas import (
+    ROUND_FILE_SCHEMA,
+    Batch,
     Category,
     ImageScore,
     SelectedSample,
     SelectionManifest,
-    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("hybrid", "label_error", "uncertainty", "random")
-SELECTION_FILE = "selection.json"
 
 
 @dataclass
@@ -66,13 +63,6 @@ class _Row:
     label_error: float
     uncertainty: float
     classes: frozenset[int] = field(default_factory=frozenset)
-
-
-def _iter_scores(path: str | os.PathLike[str]) -> Iterator[ImageScore]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield ImageScore.model_validate(json.loads(line))
 
 
 def resolve_budget(
@@ -121,7 +111,7 @@ def select_samples(
     :param budget: overrides the config: a count, or a fraction in (0, 1).
     :param strategy: overrides ``selection.strategy``.
     :param seed: overrides ``selection.seed`` (audit draw, random strategy).
-    :return: the manifest (not yet written: see :func:`write_selection`).
+    :return: the manifest (not yet written: the select step writes it).
     """
     strategy = strategy or selection.strategy
     if strategy not in STRATEGIES:
@@ -139,7 +129,7 @@ def select_samples(
     quota = {name_to_id[n]: q for n, q in sorted(selection.per_class_quota.items()) if q > 0}
 
     rows: list[_Row] = []
-    for rec in _iter_scores(scores_path):
+    for rec in read_scores(scores_path):
         if rec.image_id not in images:
             raise ValueError(f"{scores_path}: image id {rec.image_id} is not in version {version}")
         if rec.split == "train":
@@ -196,7 +186,7 @@ def select_samples(
     # Second pass over the file: only the chosen images' suspicions and boxes are kept.
     wanted = {r.image_id: (reason, score) for r, reason, score in picks}
     details: dict[int, ImageScore] = {}
-    for rec in _iter_scores(scores_path):
+    for rec in read_scores(scores_path):
         if rec.image_id in wanted:
             details[rec.image_id] = rec
     items = []
@@ -207,8 +197,8 @@ def select_samples(
             height=int(img["height"]), split=r.split, reason=reason, score=round(score, 6),
             suspicions=rec.suspicions, predictions=rec.predictions))
     manifest = SelectionManifest(
-        dag_id=dag_id, run_id=run_id, dataset=dataset, version=version,
-        model_version=model_version,
+        schema_version=ROUND_FILE_SCHEMA, dag_id=dag_id, run_id=run_id, dataset=dataset,
+        version=version, model_version=model_version,
         categories=[Category(id=c["id"], name=c["name"])
                     for c in sorted(coco["categories"], key=lambda c: c["id"])],
         strategy=strategy, budget=total, seed=seed, items=items)
@@ -253,12 +243,7 @@ def _apply_quotas(
     return picks
 
 
-def write_selection(manifest: SelectionManifest, round_dir: str | os.PathLike[str]) -> Path:
-    """Write ``selection.json`` into the round folder (atomically); return its path."""
-    return write_json_atomic(Path(round_dir) / SELECTION_FILE, manifest)
-
-
-def batches(n_items: int, batch_size: int, selection_path: str | os.PathLike[str]) -> list[dict]:
+def batches(n_items: int, batch_size: int, selection_path: str | os.PathLike[str]) -> list[Batch]:
     """The submit fan-out: ``[{"selection": path, "start": i, "stop": j}, ...]``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

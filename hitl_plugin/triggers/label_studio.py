@@ -1,14 +1,10 @@
 """Deferrable wait for a labeling round: :class:`LabelsReadyTrigger` runs in the triggerer.
 
 It polls Label Studio with server-side filtered COUNT queries (total, annotated, skipped-only
-tasks of the round), never downloading the tasks, and ends with one typed event:
-
-- ``success``: every task is annotated or skipped;
-- ``partial``: the absolute deadline passed and the completion policy says go on with what is
-  done (share reached, or ``on_timeout="continue"``);
-- ``error``: the deadline passed below the required share with ``on_timeout="fail"``
-  (``timeout``), the service stayed unreachable until the deadline (``service_unavailable``),
-  or it answered in a way waiting cannot fix (``auth``, ``not_found``, ``config``).
+tasks of the round), never downloading the tasks, and ends with one typed event
+(``success``, ``partial`` or ``error``) decided by the completion policy of
+:mod:`hitl_plugin.labeling.wait`, the one the sensor's first poke applies too. The class path
+``hitl_plugin.triggers.label_studio.LabelsReadyTrigger`` is kept: deferred waits store it.
 
 Its state is JSON (:meth:`LabelsReadyTrigger.serialize`), including the absolute deadline, so a
 restarted triggerer resumes with the same deadline. It sleeps once per loop, also after errors
@@ -19,86 +15,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, TypedDict
+from datetime import datetime, timezone
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-Completion = Literal["all", "fraction"]
-OnTimeout = Literal["continue", "fail"]
-ErrorType = Literal["timeout", "service_unavailable", "auth", "not_found", "config"]
+from hitl_plugin.labeling.wait import (
+    Completion,
+    ErrorType,
+    LabelsErrorEventPayload,
+    LabelsReadyEventPayload,
+    OnTimeout,
+    deadline_after,
+    decide,
+    to_deadline,
+)
 
-
-class LabelsReadyEventPayload(TypedDict):
-    """The round may go on (``success``: all done; ``partial``: deadline passed)."""
-
-    status: Literal["success", "partial"]
-    total: int
-    completed: int
-    annotated: int
-    skipped: int
-    fraction: float
-    deadline: str
-    message: str
-
-
-class LabelsErrorEventPayload(TypedDict):
-    """The wait failed."""
-
-    status: Literal["error"]
-    error_type: ErrorType
-    error: str
-    total: int
-    completed: int
-    deadline: str
-
-
-def to_deadline(value: datetime | str | float | int) -> datetime:
-    """An absolute, timezone-aware deadline from a datetime, an ISO text or a POSIX time."""
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, (int, float)):
-        dt = datetime.fromtimestamp(float(value), tz=timezone.utc)
-    else:
-        dt = datetime.fromisoformat(str(value))
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
-
-
-def decide(counts: dict[str, int], *, expected: int | None, completion: str,
-           min_fraction: float, on_timeout: str, now: datetime,
-           deadline: datetime) -> LabelsReadyEventPayload | LabelsErrorEventPayload | None:
-    """The completion policy: an event when the wait is over, else ``None``.
-
-    The share is ``completed / max(expected, total)``: ``expected`` (what the submit step
-    recorded) guards against tasks that vanished from the service. ``all`` needs every task by
-    the deadline; ``fraction`` needs ``min_fraction`` of them by the deadline; below that at
-    the deadline, ``on_timeout`` decides: go on with what is done, or fail.
-    """
-    total, completed = int(counts.get("total", 0)), int(counts.get("completed", 0))
-    denominator = max(int(expected or 0), total)
-    fraction = 1.0 if denominator == 0 else completed / denominator
-    common = {"total": denominator, "completed": completed, "deadline": deadline.isoformat()}
-    ready = {**common, "annotated": int(counts.get("annotated", 0)),
-             "skipped": int(counts.get("skipped", 0)), "fraction": round(fraction, 6)}
-    if completed >= denominator:
-        return LabelsReadyEventPayload(status="success", message=f"all {denominator} tasks "
-                                       f"done", **ready)  # type: ignore[typeddict-item]
-    if now < deadline:
-        return None
-    required = 1.0 if completion == "all" else float(min_fraction)
-    if fraction >= required:
-        return LabelsReadyEventPayload(
-            status="partial", message=f"deadline passed with {completed}/{denominator} tasks "
-            f"done (required {required:.0%})", **ready)  # type: ignore[typeddict-item]
-    if on_timeout == "continue":
-        return LabelsReadyEventPayload(
-            status="partial", message=f"deadline passed with only {completed}/{denominator} "
-            f"tasks done (required {required:.0%}); going on with what is done",
-            **ready)  # type: ignore[typeddict-item]
-    return LabelsErrorEventPayload(
-        status="error", error_type="timeout",
-        error=f"deadline {deadline.isoformat()} passed with {completed}/{denominator} tasks "
-        f"done; {required:.0%} required", **common)  # type: ignore[typeddict-item]
+# Re-exported: the sensor and older code import these names from here.
+__all__ = ["LabelsErrorEventPayload", "LabelsReadyEventPayload", "LabelsReadyTrigger",
+           "deadline_after", "decide", "to_deadline"]
 
 
 class LabelsReadyTrigger(BaseTrigger):
@@ -172,7 +107,7 @@ class LabelsReadyTrigger(BaseTrigger):
                       now=datetime.now(timezone.utc), deadline=self.deadline)
 
     def _check_error(self, exc: Exception) -> dict | None:
-        from hitl_plugin.labeling.client import LabelStudioError
+        from hitl_plugin.exceptions import LabelStudioError
 
         status = exc.status if isinstance(exc, LabelStudioError) else None
         error_type: ErrorType | None = None
@@ -208,8 +143,9 @@ class LabelsReadyTrigger(BaseTrigger):
         return max(0.0, min(delay, remaining + 0.05)) if remaining > 0 else delay
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from hitl_plugin.exceptions import LabelStudioError
         from hitl_plugin.hooks.label_studio import LabelStudioHook
-        from hitl_plugin.labeling.client import LabelStudioError, round_counts
+        from hitl_plugin.labeling.client import round_counts
 
         client = None
         errors = 0
@@ -241,8 +177,3 @@ class LabelsReadyTrigger(BaseTrigger):
         finally:
             if client is not None:
                 await client.aclose()
-
-
-def deadline_after(seconds: float, now: datetime | None = None) -> datetime:
-    """``now + seconds`` as an aware UTC datetime."""
-    return (now or datetime.now(timezone.utc)) + timedelta(seconds=float(seconds))

@@ -63,7 +63,7 @@ def test_bad_config_is_an_import_error_and_spares_the_other_dags(tmp_path):
 
 def test_dag_file_parses_without_heavy_imports():
     """Parse the DAG file in fresh interpreters; print the time (no threshold: shared CPUs)."""
-    from hitl_plugin.bench.dagparse import measure
+    from hitl_dev.bench.dagparse import measure
 
     result = measure(DAG_FILE, repeats=2)
     print("DAG file parse:", result)

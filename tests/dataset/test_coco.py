@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from hitl_plugin.dataset.coco import CocoError, read_coco, validate_coco
+from hitl_plugin.dataset.coco import read_coco, validate_coco
+from hitl_plugin.exceptions import CocoError
 
 
 def _coco():

@@ -13,7 +13,8 @@ import pytest
 
 from hitl_plugin.dataset import merge as merge_mod
 from hitl_plugin.dataset.merge import merge_corrections
-from hitl_plugin.dataset.store import DatasetError, DatasetStore, coco_counts
+from hitl_plugin.dataset.store import DatasetStore, coco_counts
+from hitl_plugin.exceptions import DatasetError
 from hitl_plugin.schemas import Corrections
 
 NOW = "2026-01-01T00:00:00+00:00"
@@ -436,7 +437,7 @@ def test_kill_9_mid_merge_leaves_latest_and_a_retry_publishes_once(store, tmp_pa
 
 
 def test_bench_merge_runs_small(tmp_path):
-    from hitl_plugin.bench.merge import run
+    from hitl_dev.bench.merge import run
 
     result = run(images=300, boxes=2000, corrections=60, seed=1, folder=tmp_path)
     merged, counts = result["merged"], result["merge_counts"]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from hitl_plugin.dataset.coco import CocoError
-from hitl_plugin.dataset.store import DatasetError, DatasetStore, iter_coco_lines
+from hitl_plugin.dataset.store import DatasetStore, iter_coco_lines
+from hitl_plugin.exceptions import CocoError, DatasetError
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from hitl_plugin.labeling.server import LabelStudioError, LabelStudioServer, free_port
+from hitl_dev.labelstudio import LabelStudioServer, LabelStudioServerError, free_port
 
 #: Three classes, as in the synthetic dataset; the project's label config for tests.
 LABELS = ("circle", "square", "triangle")
@@ -187,7 +187,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
     began = time.monotonic()
     try:
         pristine = _pristine_data_dir(probe.executable, probe)
-    except LabelStudioError as exc:
+    except LabelStudioServerError as exc:
         pytest.fail(f"Label Studio did not start: {exc}", pytrace=False)
     if pristine is not None:
         shutil.copytree(pristine, base / "data")
@@ -197,7 +197,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
         try:
             server.start(timeout=240)
             break
-        except LabelStudioError as exc:
+        except LabelStudioServerError as exc:
             if "already in use" not in str(exc) or attempt == 2:
                 hint = (f"\n(It started on a copy of the cached pristine data dir {pristine}: "
                         f"delete that folder or set HITL_LS_FRESH=1 to rebuild it.)"

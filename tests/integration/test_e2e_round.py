@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hitl_dev.labelstudio import free_port
+from hitl_dev.simulator import simulate
+from hitl_dev.stack import AirflowApi, AirflowStack
+from hitl_dev.synth import generate
 from hitl_plugin.dataset.store import DatasetStore
-from hitl_plugin.labeling.server import free_port
-from hitl_plugin.labeling.simulator import simulate
 from hitl_plugin.paths import Layout
 from hitl_plugin.schemas import Corrections, SelectionManifest
-from hitl_plugin.stack import AirflowApi, AirflowStack
-from hitl_plugin.synth import generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -125,8 +125,8 @@ def round_run(label_studio, tmp_path_factory):
 def test_round_end_to_end(round_run, label_studio):
     root, run_id = round_run["root"], round_run["run_id"]
     layout = Layout.at(root)
-    round_dir = layout.round_dir(DAG_ID, run_id)
-    selection = SelectionManifest.model_validate_json((round_dir / "selection.json").read_text())
+    paths = layout.round(DAG_ID, run_id)
+    selection = SelectionManifest.model_validate_json(paths.selection.read_text())
     assert len(selection.items) == 8
 
     # tasks in Label Studio equal the selection (keys are ours)
@@ -159,14 +159,14 @@ def test_round_end_to_end(round_run, label_studio):
     weights = {img["id"]: img.get("weight", 1.0) for img in coco["images"]}
     assert all(weights[i] > 1.0 for i in labeled)
     assert all(w == 1.0 for i, w in weights.items() if i not in labeled)
-    corrections = Corrections.model_validate_json((round_dir / "corrections.json").read_text())
+    corrections = Corrections.model_validate_json(paths.corrections.read_text())
     assert {c.image_id for c in corrections.items if c.status == "labeled"} == labeled
 
     # metrics recorded next to the checkpoint, and the round report
     metrics = list((layout.root / "models" / DAG_ID).glob("*/**/metrics.json"))
     assert metrics and "map50_95" in json.loads(metrics[0].read_text())
-    report = json.loads((round_dir / "report.json").read_text())
-    assert report["new_version"] == "v0002" and (round_dir / "report.png").stat().st_size > 0
+    report = json.loads(paths.report.read_text())
+    assert report["new_version"] == "v0002" and paths.plot.stat().st_size > 0
     print(f"e2e round took {round_run['seconds']:.0f} s")
 
 

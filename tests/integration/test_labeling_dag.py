@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hitl_dev.simulator import simulate
 from hitl_plugin.labeling.client import LabelStudioClient
-from hitl_plugin.labeling.simulator import simulate
 from hitl_plugin.schemas import Corrections, SelectionManifest, write_json_atomic
 
 DAG_ID = "hitl_labeling_dag_test"
@@ -33,12 +33,12 @@ BATCHES = [{"selection": SELECTION, "start": 0, "stop": 3},
 
 with DAG("%s", schedule=None, render_template_as_native_obj=True) as dag:
     submit = SubmitForLabelingOperator.partial(
-        task_id="submit", config_path=CONFIG, model_version={"model_version": "dagtest-m1"},
+        task_id="submit", config_path=CONFIG, model_version="dagtest-m1",
     ).expand(batch=BATCHES)
     wait = LabelsReadySensor(task_id="wait", config_path=CONFIG, submissions=submit.output,
                              poke_interval=0.5, completion="{{ 'all' }}")
     collect = CollectCorrectionsOperator(task_id="collect", config_path=CONFIG,
-                                         selection={"selection": SELECTION},
+                                         selection=SELECTION,
                                          submissions=submit.output)
 
     @task

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from hitl_plugin.labeling.client import LabelStudioClient, LabelStudioError, run_filters
+from hitl_dev.simulator import simulate
+from hitl_plugin.exceptions import LabelStudioError
+from hitl_plugin.labeling.client import LabelStudioClient, run_filters
 from hitl_plugin.labeling.collect import collect_corrections
-from hitl_plugin.labeling.project import config_labels, ensure_project, ensure_project_info
-from hitl_plugin.labeling.simulator import simulate
+from hitl_plugin.labeling.project import config_labels, ensure_project_info
 from hitl_plugin.labeling.submit import submit_batch
 from hitl_plugin.labeling.tasks import box_to_region
+from hitl_plugin.paths import RoundPaths
 from hitl_plugin.schemas import SelectionManifest
 from hitl_plugin.triggers.label_studio import LabelsReadyTrigger
 
@@ -61,9 +63,9 @@ def client(label_studio):
 
 
 def _setup(client, label_studio, title: str, model_version: str = "m1") -> int:
-    return ensure_project(client, title=title, class_names=CLASSES,
-                          images_root=label_studio.root / "images",
-                          model_version=model_version, lock_dir=label_studio.root)
+    return ensure_project_info(client, title=title, class_names=CLASSES,
+                               images_root=label_studio.root / "images",
+                               model_version=model_version)["id"]
 
 
 def test_project_setup_labels_storage_and_model_version(label_studio, client, tmp_path):
@@ -76,8 +78,8 @@ def test_project_setup_labels_storage_and_model_version(label_studio, client, tm
     storages = client.local_storages(pid)
     assert len(storages) == 1 and storages[0]["path"] == str(label_studio.root / "images")
     # a new class is added; the storage is not registered again
-    ensure_project(client, title=title, class_names=CLASSES + ["star"],
-                   images_root=label_studio.root / "images", model_version="m1")
+    ensure_project_info(client, title=title, class_names=CLASSES + ["star"],
+                        images_root=label_studio.root / "images", model_version="m1")
     assert "star" in config_labels(client.get_project(pid)["label_config"])
     assert len(client.local_storages(pid)) == 1
     # the model version follows the submitted predictions
@@ -164,14 +166,14 @@ def test_submit_is_idempotent_even_when_the_connection_drops_mid_import(label_st
     pid = _setup(client, label_studio, f"it-submit-{time.time_ns()}")
     sel = make_selection(12)
     expected = sorted(f"dag_it|manual__it|{s.image_id}" for s in sel.items)
-    round_dir = tmp_path / "round"
+    rpaths = RoundPaths(tmp_path / "round", tmp_path / "models")
 
     first = submit_batch(client, project_id=pid, selection=sel, start=0, stop=6,
                          dag_id="dag_it", run_id="manual__it", model_version="m1",
-                         round_dir=round_dir)
+                         paths=rpaths)
     again = submit_batch(client, project_id=pid, selection=sel, start=0, stop=6,
                          dag_id="dag_it", run_id="manual__it", model_version="m1",
-                         round_dir=round_dir)
+                         paths=rpaths)
     assert (first["submitted"], first["already_present"]) == (6, 0)
     assert (again["submitted"], again["already_present"]) == (0, 6)
     record = json.loads(Path(first["submission"]).read_text())
@@ -184,13 +186,13 @@ def test_submit_is_idempotent_even_when_the_connection_drops_mid_import(label_st
         with pytest.raises(LabelStudioError) as info:
             submit_batch(cut, project_id=pid, selection=sel, start=6, stop=12,
                          dag_id="dag_it", run_id="manual__it", model_version="m1",
-                         round_dir=round_dir, attempts=1)
+                         paths=rpaths, attempts=1)
         assert info.value.status is None and proxy.state["imports"] == 1
         assert label_studio.token not in str(info.value)
         # ... and its retry finds the tasks instead of importing them again
         retry = submit_batch(cut, project_id=pid, selection=sel, start=6, stop=12,
                              dag_id="dag_it", run_id="manual__it", model_version="m1",
-                             round_dir=round_dir)
+                             paths=rpaths)
         assert (retry["submitted"], retry["already_present"]) == (0, 6)
         assert proxy.state["imports"] == 1
         assert _keys(client, pid, "dag_it", "manual__it") == expected
@@ -200,7 +202,8 @@ def test_submit_is_idempotent_even_when_the_connection_drops_mid_import(label_st
         sel2 = make_selection(5, run_id="manual__it2")
         inner = submit_batch(cut, project_id=pid, selection=sel2, start=0, stop=5,
                              dag_id="dag_it", run_id="manual__it2", model_version="m1",
-                             round_dir=tmp_path / "round2", backoff=0.05)
+                             paths=RoundPaths(tmp_path / "round2", tmp_path / "models2"),
+                             backoff=0.05)
         assert inner["submitted"] + inner["already_present"] == 5
         assert len(_keys(client, pid, "dag_it", "manual__it2")) == 5
     finally:
@@ -210,13 +213,13 @@ def test_submit_is_idempotent_even_when_the_connection_drops_mid_import(label_st
     # matches, so the exact range check is used, and still nothing is duplicated.
     other = submit_batch(client, project_id=pid, selection=sel, start=3, stop=9,
                          dag_id="dag_it", run_id="manual__it", model_version="m1",
-                         round_dir=round_dir)
+                         paths=rpaths)
     assert (other["submitted"], other["already_present"]) == (0, 6)
     # The selection written again in another order, same bounds: still no duplicate.
     rewritten = sel.model_copy(update={"items": list(reversed(sel.items))})
     again = submit_batch(client, project_id=pid, selection=rewritten, start=0, stop=6,
                          dag_id="dag_it", run_id="manual__it", model_version="m1",
-                         round_dir=round_dir)
+                         paths=rpaths)
     assert (again["submitted"], again["already_present"]) == (0, 6)
     no_record = submit_batch(client, project_id=pid, selection=sel, start=0, stop=12,
                              dag_id="dag_it", run_id="manual__it", model_version="m1")
@@ -280,15 +283,21 @@ async def _run_until_event(trigger, timeout=60.0):
     return await asyncio.wait_for(first(), timeout)
 
 
-def test_trigger_against_the_real_server_while_simulated_annotators_label(
-        label_studio, client, monkeypatch):
+def _submitted_round(label_studio, client, monkeypatch, name: str, n: int, run_id: str):
+    """A project holding ``n`` submitted tasks of one round, and the connection ``ls_it``."""
     monkeypatch.setenv("AIRFLOW_CONN_LS_IT", json.dumps(
         {"conn_type": "label_studio", "host": label_studio.url,
          "password": label_studio.token}))
-    pid = _setup(client, label_studio, f"it-trigger-{time.time_ns()}")
-    sel = make_selection(6, run_id="manual__trig")
-    submit_batch(client, project_id=pid, selection=sel, start=0, stop=6, dag_id="dag_it",
-                 run_id="manual__trig", model_version="m1")
+    pid = _setup(client, label_studio, f"it-{name}-{time.time_ns()}")
+    sel = make_selection(n, run_id=run_id)
+    submit_batch(client, project_id=pid, selection=sel, start=0, stop=n, dag_id="dag_it",
+                 run_id=run_id, model_version="m1")
+    return pid, sel
+
+
+def test_trigger_against_the_real_server_while_simulated_annotators_label(
+        label_studio, client, monkeypatch):
+    pid, sel = _submitted_round(label_studio, client, monkeypatch, "trigger", 6, "manual__trig")
     deadline = datetime.now(timezone.utc) + timedelta(minutes=3)
     trigger = LabelsReadyTrigger(label_studio_conn_id="ls_it", project_id=pid,
                                  dag_id="dag_it", run_id="manual__trig", deadline=deadline,
@@ -330,13 +339,7 @@ def test_trigger_against_the_real_server_while_simulated_annotators_label(
 
 
 def test_deadline_policy_against_the_real_server(label_studio, client, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_LS_IT", json.dumps(
-        {"conn_type": "label_studio", "host": label_studio.url,
-         "password": label_studio.token}))
-    pid = _setup(client, label_studio, f"it-deadline-{time.time_ns()}")
-    sel = make_selection(4, run_id="manual__dl")
-    submit_batch(client, project_id=pid, selection=sel, start=0, stop=4, dag_id="dag_it",
-                 run_id="manual__dl", model_version="m1")
+    pid, sel = _submitted_round(label_studio, client, monkeypatch, "deadline", 4, "manual__dl")
     simulate(label_studio.url, label_studio.token, pid, truth_of(sel), max_tasks=3, seed=1)
 
     def run(**kw):

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hitl_dev.labelstudio import free_port
+from hitl_dev.simulator import simulate
+from hitl_dev.stack import AirflowApi, AirflowStack
 from hitl_plugin.labeling.client import LabelStudioClient
-from hitl_plugin.labeling.server import free_port
-from hitl_plugin.labeling.simulator import simulate
 from hitl_plugin.schemas import SelectionManifest, write_json_atomic
-from hitl_plugin.stack import AirflowApi, AirflowStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from hitl_plugin.labeling import server as server_mod
-from hitl_plugin.labeling.server import LabelStudioError, LabelStudioServer, free_port
+from hitl_dev import labelstudio as server_mod
+from hitl_dev.labelstudio import LabelStudioServer, LabelStudioServerError, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_port_taken_fails_clearly_and_starts_nothing(tmp_path):
         port = busy.getsockname()[1]
         server = LabelStudioServer(data_dir=tmp_path / "ls", document_root=tmp_path, port=port)
         assert server.executable.exists(), "Label Studio is not installed: run `make setup`"
-        with pytest.raises(LabelStudioError, match=f"port {port} is already in use"):
+        with pytest.raises(LabelStudioServerError, match=f"port {port} is already in use"):
             server.start(timeout=30)
     assert not server.pid_file.exists()
     assert server.status()["running"] is False
@@ -83,7 +83,7 @@ def test_missing_executable_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HITL_LABEL_STUDIO_BIN", str(tmp_path / "no-such" / "label-studio"))
     server = LabelStudioServer(data_dir=tmp_path / "ls", document_root=tmp_path,
                                port=free_port())
-    with pytest.raises(LabelStudioError, match="executable not found.*make setup"):
+    with pytest.raises(LabelStudioServerError, match="executable not found.*make setup"):
         server.start(timeout=10)
 
 
@@ -120,7 +120,7 @@ def test_restart_keeps_data_and_token_and_a_wrong_token_is_reported(label_studio
         # Another token against a database created with ours: a clear error, no orphan process.
         wrong = LabelStudioServer(data_dir=server.data_dir, document_root=server.document_root,
                                   port=server.port, token="some-other-token")
-        with pytest.raises(LabelStudioError, match="rejects the API token"):
+        with pytest.raises(LabelStudioServerError, match="rejects the API token"):
             wrong.start(timeout=120)
         assert wrong.pid() is None and not wrong.pid_file.exists()
 

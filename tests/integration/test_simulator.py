@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hitl_plugin.labeling import simulator
-from hitl_plugin.labeling.simulator import from_rectangle, plan_annotation, simulate, to_rectangle
+from hitl_dev import simulator
+from hitl_dev.simulator import from_rectangle, plan_annotation, simulate, to_rectangle
 
 CATEGORIES = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"},
               {"id": 3, "name": "triangle"}]

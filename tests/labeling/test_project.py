@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hitl_plugin.labeling.project import ensure_project_info
+from hitl_plugin.paths import RoundPaths
 
 
 class _Client:
@@ -35,7 +36,8 @@ class _Offline:
 
 def test_setup_is_reused_within_a_round_and_redone_when_it_changes(tmp_path):
     args = dict(title="hitl-x", class_names=["a", "b"], images_root=tmp_path / "images",
-                model_version="m1", lock_dir=tmp_path / "round")
+                model_version="m1",
+                paths=RoundPaths(tmp_path / "round", tmp_path / "models"))
     client = _Client(tmp_path / "images")
     assert ensure_project_info(client, **args) == {"id": 7, "model_version_ok": True}
     assert client.calls == 2

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from hitl_plugin.bench.fanout import synthetic_selection
+from hitl_dev.bench.fanout import synthetic_selection
 from hitl_plugin.labeling.submit import submit_batch
+from hitl_plugin.paths import RoundPaths
 
 
 class _Client:
@@ -26,11 +27,15 @@ class _Client:
         return ids
 
 
+def _args(tmp_path, start: int, stop: int) -> dict:
+    return dict(project_id=1, selection=synthetic_selection(20, dag_id="d", run_id="r"),
+                start=start, stop=stop, dag_id="d", run_id="r", model_version="m",
+                paths=RoundPaths(tmp_path, tmp_path / "models"), sync_model_version=False)
+
+
 def test_first_send_skips_the_query_and_a_resend_finds_every_key(tmp_path):
-    selection = synthetic_selection(20, dag_id="d", run_id="r")
     client = _Client()
-    args = dict(project_id=1, selection=selection, start=0, stop=10, dag_id="d", run_id="r",
-                model_version="m", round_dir=tmp_path, sync_model_version=False)
+    args = _args(tmp_path, 0, 10)
     first = submit_batch(client, **args)
     assert (first["submitted"], client.queries) == (10, 0)
     again = submit_batch(client, **args)
@@ -40,10 +45,8 @@ def test_first_send_skips_the_query_and_a_resend_finds_every_key(tmp_path):
 
 def test_a_batch_recorded_as_importing_is_queried_before_importing(tmp_path):
     """A crash after the record (and maybe after the import) must not duplicate."""
-    selection = synthetic_selection(20, dag_id="d", run_id="r")
     client = _Client()
-    args = dict(project_id=1, selection=selection, start=10, stop=20, dag_id="d", run_id="r",
-                model_version="m", round_dir=tmp_path, sync_model_version=False)
+    args = _args(tmp_path, 10, 20)
 
     class Crash(Exception):
         pass

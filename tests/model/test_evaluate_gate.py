@@ -11,7 +11,7 @@ import pytest
 from hitl_plugin.model.evaluate import coco_metrics, to_coco_predictions
 from hitl_plugin.model.gate import apply_gate, approval_body, decide, promote, promoted
 from hitl_plugin.model.train import BUILTIN_BASE
-from hitl_plugin.paths import Layout
+from hitl_plugin.paths import Layout, ModelPaths
 
 VAL = {
     "images": [{"id": 5, "file_name": "a.png", "width": 100, "height": 100},
@@ -59,11 +59,11 @@ def test_evaluate_matches_ultralytics_own_map_with_remapped_category_ids(tmp_pat
     """The base checkpoint on fresh synthetic data whose category ids are 10, 20, 30, 40:
     a wrong id mapping would score ~0; ours matches Ultralytics' own mAP."""
     assert BUILTIN_BASE.is_file(), "the packaged base checkpoint is missing"
+    from hitl_dev.synth import generate
     from hitl_plugin.dataset.export import export_yolo
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.model.evaluate import evaluate
-    from hitl_plugin.model.offline import import_ultralytics
-    from hitl_plugin.synth import generate
+    from hitl_plugin.model.yolo import import_ultralytics
 
     src = tmp_path / "src"
     generate(src, train=4, val=40, pool=0, classes=4, imgsz=128, noise=0.0, seed=4242)
@@ -84,8 +84,11 @@ def test_evaluate_matches_ultralytics_own_map_with_remapped_category_ids(tmp_pat
                        json.loads(val_file.read_text()))
     ckpt = tmp_path / "base.pt"
     shutil.copy(BUILTIN_BASE, ckpt)
-    metrics = evaluate(ckpt, data, val_file, tmp_path / "ev", imgsz=160)
+    metrics = evaluate(ckpt, data, val_file, ModelPaths(tmp_path), imgsz=160)
     assert metrics["n_images"] == 40 and metrics["n_predictions"] > 0
+    # the histogram the round report plots, from this same pass over the held-out set
+    hist = metrics["confidences"]
+    assert hist["bins"] == 20 and 0 < sum(hist["counts"]) <= metrics["n_predictions"]
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert set(metrics["per_class"]) == {"circle", "square", "triangle", "star"}
     own = import_ultralytics().YOLO(str(ckpt)).val(

@@ -80,16 +80,18 @@ WORKLOAD = textwrap.dedent(
             except OSError:
                 pass
     else:
-        from hitl_plugin.model.offline import import_ultralytics
+        from hitl_plugin.model.yolo import import_ultralytics
         ultralytics = import_ultralytics()
-        from hitl_plugin.model.base import tiny_export
+        from hitl_dev.base_checkpoint import tiny_export
         from hitl_plugin.model.evaluate import evaluate
         from hitl_plugin.model.train import train
+        from hitl_plugin.paths import ModelPaths
 
         data, val_file, _ = tiny_export(work, train=8, val=4, imgsz=64, seed=3)
         # plots on: the font check runs; it must find our local font and not download
         result = train(data, work / "model", epochs=1, imgsz=64, batch=8, plots=True)
-        evaluate(Path(result["checkpoint"]), data, val_file, work / "eval", imgsz=64)
+        evaluate(Path(result["checkpoint"]), data, val_file, ModelPaths(work / "eval"),
+                 imgsz=64)
         model = ultralytics.YOLO(result["checkpoint"])
         # Ultralytics' own save_json path: it would pip install faster-coco-eval
         model.val(data=str(data), imgsz=64, save_json=True, plots=True,
@@ -134,7 +136,7 @@ def test_train_val_predict_make_no_network_or_pip_attempt(tmp_path):
 
 
 def test_ensure_offline_sets_environment_and_fonts(tmp_path, monkeypatch):
-    from hitl_plugin.model import offline
+    from hitl_plugin.model import yolo as offline
 
     for key in ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_CONFIG_DIR", "YOLO_VERBOSE"):
         monkeypatch.delenv(key, raising=False)
@@ -151,7 +153,7 @@ def test_ensure_offline_sets_environment_and_fonts(tmp_path, monkeypatch):
 
 
 def test_missing_checkpoint_is_refused_not_downloaded(tmp_path, monkeypatch):
-    from hitl_plugin.model.offline import load_offline_yolo, resolve_weights
+    from hitl_plugin.model.yolo import load_offline_yolo, resolve_weights
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="would try to download"):

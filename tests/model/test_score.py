@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hitl_plugin.boxes import iou_matrix
 from hitl_plugin.config import SelectionConfig
 from hitl_plugin.model.score import (
     KIND_WEIGHTS,
     aggregate,
     find_suspicions,
-    iou_matrix,
     score_record,
     uncertainty_of,
 )
@@ -39,18 +39,7 @@ def kinds(sus):
     return sorted((s.kind, s.label_ann_id) for s in sus)
 
 
-# -- IoU and uncertainty ------------------------------------------------------------------
-
-
-def test_iou_matrix_values():
-    a = [[0, 0, 10, 10], [20, 20, 10, 10]]
-    b = [[0, 0, 10, 10], [5, 0, 10, 10], [100, 100, 1, 1]]
-    m = iou_matrix(a, b)
-    assert m.shape == (2, 3)
-    assert m[0, 0] == pytest.approx(1.0)
-    assert m[0, 1] == pytest.approx(50 / 150)
-    assert m[0, 2] == 0 and m[1, 0] == 0
-    assert iou_matrix([], b).shape == (0, 3)
+# -- uncertainty ------------------------------------------------------------------
 
 
 def test_uncertainty_measures_by_hand():
@@ -224,19 +213,14 @@ BASE = Path(os.environ.get("HITL_TEST_BASE_CHECKPOINT") or Path(__file__).resolv
 def clean_model(tmp_path_factory):
     """A model fine-tuned two epochs on clean synthetic labels (from the shipped base)."""
     assert BASE.is_file(), f"{BASE} is missing (make base-checkpoint)"
-    from hitl_plugin.dataset.export import export_yolo
+    from hitl_dev.base_checkpoint import tiny_export
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.model.train import train
-    from hitl_plugin.synth import generate
 
     work = tmp_path_factory.mktemp("score")
-    generate(work / "src", train=24, val=8, pool=0, classes=4, imgsz=128, noise=0.0, seed=21)
-    root = work / "root"
-    store = DatasetStore(root, "shapes")
-    version = store.import_source(work / "src")
-    coco = store.load(version)
-    val = json.loads(store.layout.val_file("shapes").read_text())
-    data_yaml = export_yolo(root, "shapes", version, coco, val)
+    data_yaml, _, root = tiny_export(work, train=24, val=8, classes=4, imgsz=128, seed=21,
+                                     name="shapes")
+    coco = DatasetStore(root, "shapes").load()
     result = train(data_yaml, work / "model", weights=BASE, epochs=2, imgsz=128, batch=8,
                    device="cpu")
     return work, root, coco, Path(result["checkpoint"])

@@ -8,8 +8,14 @@ from collections import Counter
 import pytest
 
 from hitl_plugin.config import SelectionConfig
-from hitl_plugin.model.select import batches, resolve_budget, select_samples, write_selection
-from hitl_plugin.schemas import ImageScore, Prediction, SelectionManifest
+from hitl_plugin.model.select import batches, resolve_budget, select_samples
+from hitl_plugin.schemas import (
+    ImageScore,
+    Prediction,
+    SelectionManifest,
+    read_model,
+    write_json_atomic,
+)
 
 CATS = [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"}]
 
@@ -183,12 +189,12 @@ def test_unknown_quota_class_and_strategy_raise(tmp_path):
         run(path, coco, budget=3, strategy="best")
 
 
-def test_write_selection_and_batches(tmp_path):
+def test_written_selection_reads_back_and_batches(tmp_path):
     path, coco = make(tmp_path)
     m = run(path, coco, budget=7, strategy="label_error")
-    out = write_selection(m, tmp_path / "round")
-    assert out == tmp_path / "round" / "selection.json"
-    assert SelectionManifest.model_validate_json(out.read_text()) == m
+    assert m.schema_version == 1
+    out = write_json_atomic(tmp_path / "round" / "selection.json", m)
+    assert read_model(SelectionManifest, out) == m
     assert batches(7, 3, out) == [
         {"selection": str(out), "start": 0, "stop": 3},
         {"selection": str(out), "start": 3, "stop": 6},
@@ -201,7 +207,7 @@ def test_write_selection_and_batches(tmp_path):
 
 
 def test_bench_metrics_by_hand():
-    from hitl_plugin.bench.selection import auroc, corrected, precision_recall
+    from hitl_dev.bench.selection import auroc, corrected, precision_recall
 
     assert precision_recall([1, 2, 3, 4], {2, 4, 9}) == {
         "label_error_precision": 0.5, "label_error_recall": round(2 / 3, 4), "hits": 2,

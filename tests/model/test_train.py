@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from hitl_plugin.config import parse_config
-from hitl_plugin.model.base import tiny_export
+from hitl_dev.base_checkpoint import tiny_export
+from hitl_plugin.paths import ExportPaths
 
 
 def _trainer(tmp_path, data, weights, *, weight_mosaic=True):
-    from hitl_plugin.model.offline import import_ultralytics
+    from hitl_plugin.model import yolo
+    from hitl_plugin.model.train import sample_weights
 
-    import_ultralytics()
-    from hitl_plugin.model.train import make_trainer_class
-
-    cls = make_trainer_class(weights, seed=0, weight_mosaic=weight_mosaic)
+    yolo.import_ultralytics()
+    weights_of = (lambda files: sample_weights(files, weights)) if weights else None
+    cls = yolo.make_trainer_class(weights_of, seed=0, weight_mosaic=weight_mosaic)
     trainer = cls(overrides=dict(
         model="yolov8n.yaml", data=str(data), imgsz=64, batch=8, device="cpu", workers=0,
         epochs=1, amp=False, plots=False, project=str(tmp_path / "runs"), name="t",
@@ -42,7 +42,7 @@ def test_weighted_sampler_draws_in_proportion_to_weights(tmp_path):
     """Weight 4 vs 1: drawn ~4x as often as the main image, and ~4x overall (with the
     mosaic partners) when partner choice is weighted too."""
     data, _, _ = tiny_export(tmp_path, train=16, val=4, imgsz=64, seed=5)
-    rows = json.loads((data.parent / "weights.json").read_text())
+    rows = json.loads(ExportPaths(data.parent).weights.read_text())
     heavy_path = rows[3]["path"]
     trainer = _trainer(tmp_path, data, {heavy_path: 4.0})
     loader = trainer.get_dataloader(trainer.data["train"], batch_size=8, rank=-1, mode="train")
@@ -77,7 +77,7 @@ def test_weighted_sampler_draws_in_proportion_to_weights(tmp_path):
 def test_unweighted_mosaic_partners_dilute_the_weight(tmp_path):
     """Without weighting the partners, the overall ratio falls well below the weight."""
     data, _, _ = tiny_export(tmp_path, train=16, val=4, imgsz=64, seed=5)
-    rows = json.loads((data.parent / "weights.json").read_text())
+    rows = json.loads(ExportPaths(data.parent).weights.read_text())
     trainer = _trainer(tmp_path, data, {rows[3]["path"]: 4.0}, weight_mosaic=False)
     loader = trainer.get_dataloader(trainer.data["train"], batch_size=8, rank=-1, mode="train")
     dataset = loader.dataset
@@ -113,8 +113,9 @@ RUNNER = textwrap.dedent(
     from pathlib import Path
     logging.basicConfig(level=logging.INFO)
     from hitl_plugin.model.train import train
+    from hitl_plugin.paths import ExportPaths
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    rows = json.loads((data.parent / "weights.json").read_text())
+    rows = json.loads(ExportPaths(data.parent).weights.read_text())
     weights = {row["path"]: 3.0 if i % 4 == 0 else 1.0 for i, row in enumerate(rows)}
     # weighted: the custom trainer class must be passed again on resume
     result = train(data, out, epochs=4, imgsz=64, batch=8, seed=1, image_weights=weights)
@@ -133,7 +134,9 @@ def _run(script: Path, data: Path, out: Path, timeout: int = 300) -> dict:
 
 @pytest.mark.slow
 def test_training_killed_mid_way_resumes_at_its_epoch(tmp_path):
-    from hitl_plugin.model.train import EPOCHS_FILE, checkpoint_state, read_epochs
+    from hitl_plugin.model.train import read_epochs
+    from hitl_plugin.model.yolo import checkpoint_state
+    from hitl_plugin.paths import ModelPaths
 
     data, _, _ = tiny_export(tmp_path, train=16, val=4, imgsz=64, seed=6)
     script = tmp_path / "run.py"
@@ -141,7 +144,7 @@ def test_training_killed_mid_way_resumes_at_its_epoch(tmp_path):
     out = tmp_path / "model"
     proc = subprocess.Popen([sys.executable, str(script), str(data), str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    epochs_file = out / EPOCHS_FILE
+    epochs_file = ModelPaths(out).epochs
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -155,7 +158,7 @@ def test_training_killed_mid_way_resumes_at_its_epoch(tmp_path):
         proc.wait()
     before = read_epochs(out)
     assert [r["epoch"] for r in before][:2] == [0, 1]
-    state = checkpoint_state(out / "train" / "weights" / "last.pt")
+    state = checkpoint_state(ModelPaths(out).last)
     assert state["state"] in ("resumable", "corrupt"), state
 
     result = _run(script, data, out)
@@ -172,33 +175,6 @@ def test_training_killed_mid_way_resumes_at_its_epoch(tmp_path):
     again = _run(script, data, out)
     assert again == result
     assert len(epochs_file.read_text().splitlines()) == len(raw)
-
-
-def test_warm_start_prefers_promoted_then_base_then_scratch(tmp_path, monkeypatch):
-    from hitl_plugin.model import train as train_mod
-    from hitl_plugin.model.gate import promote
-
-    ckpt = tmp_path / "some.pt"
-    ckpt.write_bytes(b"weights")
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text("dag_id: p\n")
-
-    def config(base):
-        return parse_config({"dag_id": "p", "model": {"base_checkpoint": base}},
-                            source=str(cfg))
-
-    root = tmp_path / "root"
-    assert train_mod.warm_start(config(None), root, "p") == (None, "scratch")
-    assert train_mod.warm_start(config("some.pt"), root, "p") == (str(ckpt.absolute()), "path")
-    with pytest.raises(FileNotFoundError):
-        train_mod.warm_start(config("missing.pt"), root, "p")
-    fake_asset = tmp_path / "base.pt"
-    fake_asset.write_bytes(b"base")
-    monkeypatch.setattr(train_mod, "BUILTIN_BASE", fake_asset)
-    assert train_mod.warm_start(config("builtin"), root, "p") == (str(fake_asset), "builtin")
-    record = promote(root, "p", ckpt, {"map50_95": 0.5}, "run1")
-    assert train_mod.warm_start(config("builtin"), root, "p") == (record["checkpoint"],
-                                                                  "promoted")
 
 
 def test_architecture_must_be_a_yaml():

@@ -14,37 +14,26 @@ import yaml
 from hitl_plugin.model.train import BUILTIN_BASE
 from hitl_plugin.paths import safe_component
 
-HEAVY = ("torch", "ultralytics", "pycocotools", "cv2", "matplotlib")
-
-
-def test_importing_the_operators_imports_nothing_heavy():
-    code = ("import sys, json; import hitl_plugin.operators.model as m; "
-            "m.YoloTrainOperator, m.PromoteModelOperator, m.approval_body; "
-            "import hitl_plugin.model.gate; "
-            f"print(json.dumps([h for h in {HEAVY!r} if h in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
 
 def test_operators_validate_and_template_their_arguments():
-    from airflow.sdk.exceptions import AirflowException
-    from hitl_plugin.operators._args import optional_int as _optional_int
     from hitl_plugin.operators.model import PromoteModelOperator, YoloTrainOperator
+
+    from hitl_plugin.exceptions import ArgumentError
+    from hitl_plugin.templated import optional_int
 
     assert set(YoloTrainOperator.template_fields) == {"config_path", "version", "epochs",
                                                       "imgsz"}
-    assert set(PromoteModelOperator.template_fields) == {"config_path", "train_result"}
+    assert set(PromoteModelOperator.template_fields) == {"config_path", "candidate"}
     with pytest.raises(TypeError):
         YoloTrainOperator("c.yaml", task_id="t")  # keyword-only
     with pytest.raises(ValueError):
-        PromoteModelOperator(task_id="g", config_path="", train_result={})
-    assert _optional_int("None", "epochs", 1) is None and _optional_int(None, "e", 1) is None
-    assert _optional_int("3", "epochs", 1) == 3
-    with pytest.raises(AirflowException):
-        _optional_int("0", "epochs", 1)
-    with pytest.raises(AirflowException):
-        _optional_int("many", "epochs", 1)
+        PromoteModelOperator(task_id="g", config_path="", candidate={})
+    assert optional_int("None", "epochs", 1) is None and optional_int(None, "e", 1) is None
+    assert optional_int("3", "epochs", 1) == 3
+    with pytest.raises(ArgumentError, match="epochs must be at least 1"):
+        optional_int("0", "epochs", 1)
+    with pytest.raises(ArgumentError, match="epochs must be an integer"):
+        optional_int("many", "epochs", 1)
 
 
 DAG_FILE = '''
@@ -57,7 +46,7 @@ with DAG("hitl_model_test", schedule=None, render_template_as_native_obj=True,
          params={"epochs": Param(1, type="integer"), "imgsz": Param(64, type="integer")}) as dag:
     train = YoloTrainOperator(task_id="train", config_path=CONFIG, version="v0001",
                               epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}")
-    gate = PromoteModelOperator(task_id="gate", config_path=CONFIG, train_result=train.output)
+    gate = PromoteModelOperator(task_id="gate", config_path=CONFIG, candidate=train.output)
 
     @task
     def record(trained, gated, **context):
@@ -84,7 +73,8 @@ def airflow_env(tmp_path_factory, airflow_dag_env):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_train_evaluate_gate_twice_in_dag_test(airflow_env, tmp_path):
-    from hitl_plugin.model.base import tiny_export
+    from hitl_dev.base_checkpoint import tiny_export
+    from hitl_plugin.paths import ModelPaths
 
     home, env = airflow_env
     _, _, root = tiny_export(tmp_path, train=16, val=6, imgsz=64, classes=2, seed=8)
@@ -111,10 +101,17 @@ def test_train_evaluate_gate_twice_in_dag_test(airflow_env, tmp_path):
     model_dir = root / "models" / "hitl_model_test"
     assert Path(train["model_dir"]).parent == model_dir
     assert Path(train["checkpoint"]).is_file()
-    metrics = json.loads((Path(train["model_dir"]) / "metrics.json").read_text())
+    model = ModelPaths(Path(train["model_dir"]))
+    metrics = json.loads(model.metrics.read_text())
     assert metrics == train["metrics"] and metrics["n_images"] == 6
     assert set(metrics["per_class"]) == {"square", "circle"}
-    assert len((Path(train["model_dir"]) / "epochs.jsonl").read_text().splitlines()) == 1
+    assert len(model.epochs.read_text().splitlines()) == 1
+    # the checkpoint's metadata records its lineage
+    lineage = json.loads(model.result.read_text())["lineage"]
+    assert lineage == train["lineage"]
+    assert lineage["dataset"] == "tiny" and lineage["version"] == "v0001"
+    assert lineage["seed"] == 0 and len(lineage["config_sha256"]) == 64
+    assert lineage["package_version"] not in ("", "unknown")
 
     gate = first["gate"]
     assert gate["promoted"] is True and gate["model_version"] == f"hitl_model_test/" \
@@ -123,6 +120,7 @@ def test_train_evaluate_gate_twice_in_dag_test(airflow_env, tmp_path):
                (model_dir / "promoted" / "history.jsonl").read_text().splitlines()]
     assert history[0]["checkpoint"] == gate["checkpoint"] and Path(gate["checkpoint"]).is_file()
     assert history[0]["metrics"] == metrics
+    assert history[0]["lineage"] == lineage  # the promoted copy keeps its lineage
 
     # The second round warm-starts from the promoted checkpoint; the gate compares.
     assert second["train"]["weights_source"] == "promoted"

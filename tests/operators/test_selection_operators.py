@@ -13,25 +13,12 @@ import yaml
 
 from hitl_plugin.schemas import SelectionManifest
 
-HEAVY = ("torch", "ultralytics", "pycocotools", "cv2", "matplotlib")
-
-
-def test_importing_the_operators_imports_nothing_heavy():
-    code = ("import sys, json; import hitl_plugin.operators.selection as m; "
-            "m.ScoreSamplesOperator, m.SelectSamplesOperator; "
-            f"print(json.dumps([h for h in {HEAVY!r} if h in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
 
 def test_operators_validate_and_template_their_arguments():
-    from airflow.sdk.exceptions import AirflowException
-    from hitl_plugin.operators.selection import (
-        ScoreSamplesOperator,
-        SelectSamplesOperator,
-        _budget,
-    )
+    from hitl_plugin.operators.selection import ScoreSamplesOperator, SelectSamplesOperator
+
+    from hitl_plugin.exceptions import ArgumentError
+    from hitl_plugin.templated import optional_budget
 
     assert set(ScoreSamplesOperator.template_fields) >= {"checkpoint", "version", "imgsz"}
     assert set(SelectSamplesOperator.template_fields) >= {"scores", "budget", "strategy",
@@ -41,10 +28,11 @@ def test_operators_validate_and_template_their_arguments():
     with pytest.raises(ValueError):
         SelectSamplesOperator(task_id="s", config_path="", scores="x", version="v",
                               model_version="m")
-    assert _budget("None") is None and _budget(None) is None
-    assert _budget("12") == 12 and _budget(0.1) == 0.1 and _budget("0.25") == 0.25
-    with pytest.raises(AirflowException):
-        _budget("many")
+    assert optional_budget("None") is None and optional_budget(None) is None
+    assert optional_budget("12") == 12 and optional_budget(0.1) == 0.1
+    assert optional_budget("0.25") == 0.25
+    with pytest.raises(ArgumentError, match="budget"):
+        optional_budget("many")
 
 
 DAG_FILE = '''
@@ -57,10 +45,11 @@ with DAG("hitl_select_test", schedule=None, render_template_as_native_obj=True,
          params={"budget": Param(5, type=["null", "integer"]),
                  "strategy": Param("hybrid", type="string")}) as dag:
     score = ScoreSamplesOperator(task_id="score", config_path=CONFIG,
-                                 checkpoint={"checkpoint": os.environ["HITL_TEST_CKPT"]},
+                                 checkpoint=os.environ["HITL_TEST_CKPT"],
                                  version="v0001", imgsz="{{ 64 }}")
-    select = SelectSamplesOperator(task_id="select", config_path=CONFIG, scores=score.output,
-                                   version="{{ ti.xcom_pull(task_ids='score')['version'] }}",
+    select = SelectSamplesOperator(task_id="select", config_path=CONFIG,
+                                   scores=score.output["scores"],
+                                   version=score.output["version"],
                                    model_version="m-1", budget="{{ params.budget }}",
                                    strategy="{{ params.strategy }}")
 
@@ -89,19 +78,12 @@ def tiny_model(tmp_path_factory):
     """A synthetic dataset imported as v0001, and a model: the shipped base checkpoint when
     it is built, else one trained on the dataset for one epoch (its quality does not matter
     here)."""
-    from hitl_plugin.dataset.export import export_yolo
-    from hitl_plugin.dataset.store import DatasetStore
+    from hitl_dev.base_checkpoint import tiny_export
     from hitl_plugin.model.train import train
-    from hitl_plugin.synth import generate
 
     work = tmp_path_factory.mktemp("sel")
-    generate(work / "src", train=16, val=6, pool=8, classes=4, imgsz=64, noise=0.25, seed=5)
-    root = work / "root"
-    store = DatasetStore(root, "shapes")
-    version = store.import_source(work / "src")
-    coco = store.load(version)
-    val = json.loads(store.layout.val_file("shapes").read_text())
-    data_yaml = export_yolo(root, "shapes", version, coco, val)
+    data_yaml, _, root = tiny_export(work, train=16, val=6, pool=8, classes=4, imgsz=64,
+                                     noise=0.25, seed=5, name="shapes")
     base = Path(__file__).resolve().parents[2] / "hitl_plugin" / "assets" / "base_yolov8n.pt"
     if base.is_file():
         return work, root, base
@@ -155,13 +137,18 @@ def test_score_then_select_in_dag_test(airflow_env, tiny_model):
 
 
 def test_blank_templated_values_fall_back_to_config():
-    from hitl_plugin.operators._args import blank as _blank
-    from hitl_plugin.operators._args import optional_int as _int_or_none
-    from hitl_plugin.operators.selection import _model_version, _path_of
+    from hitl_plugin.exceptions import ArgumentError
+    from hitl_plugin.templated import blank, optional_choice, optional_int, required_str
 
-    assert _blank(None) and _blank("None") and _blank("") and not _blank("0")
-    assert _int_or_none("None", "imgsz") is None and _int_or_none("96", "imgsz") == 96
-    assert _path_of({"checkpoint": "/m.pt", "x": 1}, "checkpoint", "c") == "/m.pt"
-    assert _path_of("/s.jsonl", "scores", "s") == "/s.jsonl"
-    assert _model_version({"model_version": "r7", "checkpoint": "/m.pt"}) == "r7"
-    assert _model_version({"checkpoint": "/m.pt"}) == "/m.pt"
+    assert blank(None) and blank("None") and blank("") and not blank("0")
+    assert optional_int("None", "imgsz") is None and optional_int("96", "imgsz") == 96
+    assert optional_choice("null", "strategy", ("a", "b")) is None
+    assert optional_choice("b", "strategy", ("a", "b")) == "b"
+    with pytest.raises(ArgumentError, match="strategy must be one of"):
+        optional_choice("c", "strategy", ("a", "b"))
+    assert required_str("/s.jsonl", "scores") == "/s.jsonl"
+    # one shape: a path, not an upstream result that holds one
+    with pytest.raises(ArgumentError, match="checkpoint must be a text"):
+        required_str({"checkpoint": "/m.pt"}, "checkpoint")
+    with pytest.raises(ArgumentError, match="checkpoint is required"):
+        required_str("None", "checkpoint")

@@ -111,11 +111,13 @@ def test_arguments_are_checked(setup):
         LabelsReadySensor(task_id="w")
     with pytest.raises(TypeError):
         LabelsReadySensor("c.yaml", task_id="w")  # keyword-only
-    from airflow.sdk.exceptions import AirflowException
+    from hitl_plugin.exceptions import ArgumentError
 
-    with pytest.raises(AirflowException, match="completion"):
+    with pytest.raises(ArgumentError, match="completion"):
         sensor(config, completion="most").execute(context())
-    with pytest.raises(AirflowException, match="one Label Studio project"):
+    with pytest.raises(ArgumentError, match="min_fraction"):
+        sensor(config, min_fraction="2").execute(context())
+    with pytest.raises(ArgumentError, match="one Label Studio project"):
         LabelsReadySensor(task_id="w", config_path=config, submissions=[
             {"project_id": 1}, {"project_id": 2}], label_studio_conn_id="ls_stub"
         ).execute(context())
@@ -130,7 +132,5 @@ def test_first_poke_during_an_outage_defers_a_refusal_fails(setup):
         sensor(config).execute(context())
     stub.state.faults.clear()
     stub.fault("GET", "/api/tasks/", status=400, times=100)
-    from airflow.sdk.exceptions import AirflowException
-
-    with pytest.raises(AirflowException, match="refused the first poke"):
+    with pytest.raises(LabelsNotReadyError, match="refused the first poke"):
         sensor(config).execute(context())

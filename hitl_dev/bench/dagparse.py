@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from hitl_dev import PROJECT_DIR
+
 HEAVY = ("torch", "ultralytics", "pycocotools", "cv2", "matplotlib", "torchvision")
 
 _CHILD = """
@@ -54,7 +55,7 @@ def measure(dag_file: Path, repeats: int = 5) -> dict:
 
 def main(argv: list[str], prog: str = "hitl bench dagparse") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    parser.add_argument("--dag-file", type=Path, default=REPO / "dags" / "hitl_pipelines.py")
+    parser.add_argument("--dag-file", type=Path, default=PROJECT_DIR / "dags" / "hitl_pipelines.py")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     print(json.dumps(measure(args.dag_file, args.repeats), indent=1))

@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl annotate-sim") -> int:
     parser.add_argument("--log", type=Path, default=None, help="write every submission here")
     args = parser.parse_args(argv)
     if args.token is None:
-        from hitl_plugin.labeling.server import default_token
+        from hitl_dev.labelstudio import default_token
 
         args.token = default_token()
     truth = json.loads(args.truth.read_text())

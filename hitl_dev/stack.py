@@ -22,17 +22,21 @@ from pathlib import Path
 
 import requests
 
-from hitl_plugin.labeling.server import pid_alive, port_in_use
+from hitl_dev import PROJECT_DIR
+from hitl_dev.labelstudio import pid_alive, port_in_use
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 COMPONENTS = {
     "scheduler": ["scheduler", "--skip-serve-logs"],
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
     "api-server": ["api-server"],
 }
+
+
+#: Tasks whose time is not the round's overhead: the trainings, a person, the labeling wait.
+NOT_OVERHEAD = ("train", "retrain", "approve_checkpoint", "wait_for_labels")
 
 
 class StackError(RuntimeError):
@@ -45,7 +49,7 @@ def stop_pid_file(pid_file: Path, *, grace: float = 20.0) -> bool:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return False
-    # Airflow components shut down cleanly on SIGINT (see FACTS.md); escalate if they hang.
+    # Airflow's components stop cleanly only on SIGINT; escalate if they hang.
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
@@ -72,7 +76,7 @@ class AirflowStack:
 
     home: Path
     port: int = 8080
-    dags_folder: Path = REPO / "dags"
+    dags_folder: Path = PROJECT_DIR / "dags"
     parallelism: int = 4
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -292,6 +296,20 @@ class AirflowApi:
             "task_instances"
         ]
 
+    def task_durations(self, dag_id: str, run_id: str) -> dict:
+        """Each task instance's duration (seconds, Airflow's own record), and the round's
+        overhead: every task but the trainings, the approval and the wait, over training."""
+        durations = {}
+        for ti in self.task_instances(dag_id, run_id):
+            index = ti.get("map_index", -1)
+            name = ti["task_id"] if index is None or index < 0 else f"{ti['task_id']}[{index}]"
+            durations[name] = round(float(ti.get("duration") or 0.0), 2)
+        train = durations.get("train", 0.0)
+        other = sum(v for k, v in durations.items() if k.split("[")[0] not in NOT_OVERHEAD)
+        return {"durations": dict(sorted(durations.items())), "train_s": train,
+                "overhead_s": round(other, 2),
+                "overhead_pct": round(100.0 * other / train, 1) if train else None}
+
     def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> dict:
         return self._call(
             "POST", f"/dags/{dag_id}/clearTaskInstances",
@@ -333,7 +351,7 @@ def main(argv: list[str], prog: str = "hitl stack") -> int:
         print(f"Airflow: {stack.url}  user admin  password {stack.password()}")
     elif args.action == "stop":
         stack.stop()
-        from hitl_plugin.labeling import server
+        from hitl_dev import labelstudio as server
 
         server.main(["stop"], prog="hitl labelstudio")
     else:

@@ -1,7 +1,9 @@
 """The ``hitl`` command.
 
 Each subcommand lives in its own module with a ``main(argv) -> int``; the module is only
-imported when its command runs, so ``hitl --help`` stays fast and light.
+imported when its command runs, so ``hitl --help`` stays fast and light. ``hitl dataset``
+is the runtime package's own (:mod:`hitl_plugin.dataset.cli`); the other commands are the
+development tooling of this package.
 """
 
 from __future__ import annotations
@@ -12,29 +14,29 @@ import sys
 
 #: command -> (module, one-line help). ``bench`` takes a benchmark name next.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("hitl_plugin.synth", "Generate a synthetic COCO dataset whose truth is known."),
+    "synth": ("hitl_dev.synth", "Generate a synthetic COCO dataset whose truth is known."),
     "dataset": ("hitl_plugin.dataset.cli", "Import, list and inspect dataset versions."),
     "base-checkpoint": (
-        "hitl_plugin.model.base",
+        "hitl_dev.base_checkpoint",
         "Train the small base checkpoint shipped with the package.",
     ),
     "labelstudio": (
-        "hitl_plugin.labeling.server",
+        "hitl_dev.labelstudio",
         "Start, stop or check the local Label Studio server.",
     ),
     "annotate-sim": (
-        "hitl_plugin.labeling.simulator",
+        "hitl_dev.simulator",
         "SIMULATED annotators: label open Label Studio tasks from a truth file.",
     ),
-    "stack": ("hitl_plugin.stack", "Start or stop the embedded Airflow + Label Studio stack."),
+    "stack": ("hitl_dev.stack", "Start or stop the embedded Airflow + Label Studio stack."),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "selection": ("hitl_plugin.bench.selection", "Label-error selection vs random and cleanlab."),
-    "fanout": ("hitl_plugin.bench.fanout", "Operator submit vs one raw bulk import."),
+    "selection": ("hitl_dev.bench.selection", "Label-error selection vs random and cleanlab."),
+    "fanout": ("hitl_dev.bench.fanout", "Operator submit vs one raw bulk import."),
     "merge": (
-        "hitl_plugin.bench.merge", "Merge 10,000 corrections into a COCO-train2017-sized set."
+        "hitl_dev.bench.merge", "Merge 10,000 corrections into a COCO-train2017-sized set."
     ),
-    "dagparse": ("hitl_plugin.bench.dagparse", "Parse time of the DAG file, and its imports."),
+    "dagparse": ("hitl_dev.bench.dagparse", "Parse time of the DAG file, and its imports."),
 }
 
 

@@ -1,7 +1,7 @@
 """``hitl base-checkpoint``: train the small base checkpoint shipped with the package.
 
 Runs warm-start from it the way users warm-start from pretrained weights, without any
-download. The recipe: synthetic shapes from :func:`hitl_plugin.synth.generate` with seeds
+download. The recipe: synthetic shapes from :func:`hitl_dev.synth.generate` with seeds
 that no benchmark or demo uses (``--seed``, default 1000, and 1000 + 1 for the held-out
 set), no label noise, YOLOv8n from its YAML, then the optimizer stripped (``strip_optimizer``)
 so the file stays well under 10 MB. A JSON sidecar (``<out>.json``) records the recipe,
@@ -32,16 +32,17 @@ DEFAULT_SEED = 1000  # benchmarks and the demo use small seeds (0-99); keep clea
 
 
 def tiny_export(work: str | Path, *, train: int = 12, val: int = 6, imgsz: int = 64,
-                classes: int = 2, seed: int = 0, name: str = "tiny") -> tuple[Path, Path, Path]:
-    """A tiny clean :func:`hitl_plugin.synth.generate` dataset, imported into a dataset store
-    under ``work/store`` and exported.
+                classes: int = 2, seed: int = 0, name: str = "tiny", pool: int = 0,
+                noise: float = 0.0) -> tuple[Path, Path, Path]:
+    """A tiny :func:`hitl_dev.synth.generate` dataset (clean unless ``noise``), imported into
+    a dataset store under ``work/store`` as ``v0001`` and exported.
 
     :return: ``(data_yaml, val_coco_file, storage_root)``.
     """
+    from hitl_dev.synth import generate
     from hitl_plugin.dataset.export import export_yolo
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.paths import Layout
-    from hitl_plugin.synth import generate
 
     work = Path(work)
     root = work / "store"
@@ -49,8 +50,8 @@ def tiny_export(work: str | Path, *, train: int = 12, val: int = 6, imgsz: int =
     version = store.latest()
     if version is None:
         src = work / "src"
-        generate(src, train=train, val=val, pool=0, classes=classes, imgsz=imgsz, noise=0.0,
-                 seed=seed)
+        generate(src, train=train, val=val, pool=pool, classes=classes, imgsz=imgsz,
+                 noise=noise, seed=seed)
         version = store.import_source(src)
     val_file = Layout.at(root).val_file(name)
     data = export_yolo(root, name, version, store.load(version),
@@ -62,10 +63,12 @@ def build(out: Path, *, train: int = 400, val: int = 100, classes: int = 4, imgs
           data_imgsz: int = 128, epochs: int = 50, batch: int = 16, seed: int = DEFAULT_SEED,
           threads: int = 2, device: str = "auto", workdir: Path | None = None) -> dict:
     """Generate the data, train YOLOv8n from its YAML, strip and write ``out`` + sidecar."""
+    from hitl_dev.synth import generate
     from hitl_plugin.dataset.store import DatasetStore
+    from hitl_plugin.model import yolo
     from hitl_plugin.model.evaluate import evaluate
     from hitl_plugin.model.train import train as run_train
-    from hitl_plugin.synth import generate
+    from hitl_plugin.paths import ModelPaths
 
     out = Path(out).absolute()
     own_tmp = workdir is None
@@ -90,18 +93,17 @@ def build(out: Path, *, train: int = 400, val: int = 100, classes: int = 4, imgs
                            epochs=epochs, imgsz=imgsz, batch=batch, device=device,
                            threads=threads, seed=seed)
         best = Path(result["checkpoint"])
-        metrics = evaluate(best, data_yaml, val_file, work / "eval", imgsz=imgsz, device=device)
-        from ultralytics.utils.torch_utils import strip_optimizer
-
+        metrics = evaluate(best, data_yaml, val_file, ModelPaths(work / "eval"), imgsz=imgsz,
+                           device=device)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
-        strip_optimizer(best, str(tmp), updates={"hitl_base": {"seed": seed, "epochs": epochs}})
+        yolo.strip_optimizer(best, tmp, updates={"hitl_base": {"seed": seed, "epochs": epochs}})
         tmp.replace(out)
         size = out.stat().st_size
         sidecar = {
             "checkpoint": out.name,
             "bytes": size,
-            "recipe": {"architecture": "yolov8n.yaml", "data": "hitl_plugin.synth.generate",
+            "recipe": {"architecture": "yolov8n.yaml", "data": "hitl_dev.synth.generate",
                        "train": train, "val": val, "classes": classes, "imgsz": imgsz,
                        "data_imgsz": data_imgsz,
                        "noise": 0.0, "epochs": epochs, "batch": batch, "data_seed": seed,

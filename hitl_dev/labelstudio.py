@@ -28,11 +28,12 @@ from typing import Any
 
 import requests
 
+from hitl_dev import PROJECT_DIR
+
 log = logging.getLogger(__name__)
 
-#: Repository root: the folder that holds the ``hitl_plugin`` package (editable install).
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VENV = REPO_ROOT / ".venv-labelstudio"
+#: Label Studio's own virtual environment (``make setup`` creates it in the checkout).
+DEFAULT_VENV = Path(os.environ.get("HITL_LABELSTUDIO_VENV") or PROJECT_DIR / ".venv-labelstudio")
 #: Not 8080: that is the embedded Airflow api-server's port.
 DEFAULT_PORT = 8081
 DEFAULT_USERNAME = "admin@hitl.local"
@@ -94,7 +95,7 @@ except OSError:
 """
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioServerError(RuntimeError):
     """Label Studio could not be started, stopped or reached."""
 
 
@@ -334,7 +335,7 @@ class LabelStudioServer:
 
         A no-op when our server already runs from this data directory.
 
-        :raises LabelStudioError: the executable is missing, the port is taken, the token is
+        :raises LabelStudioServerError: the executable is missing, the port is taken, the token is
             rejected, the process exits early, or the API does not answer within ``timeout``.
         """
         self.already_running = False
@@ -342,7 +343,7 @@ class LabelStudioServer:
         if pid is not None:
             running_port = (self._read_pid_file() or {}).get("port")
             if running_port != self.port:
-                raise LabelStudioError(
+                raise LabelStudioServerError(
                     f"Label Studio from {self.data_dir} already runs on port {running_port} "
                     f"(pid {pid}); stop it first to use port {self.port}"
                 )
@@ -352,12 +353,12 @@ class LabelStudioServer:
             return
         exe = self.executable
         if not exe.exists():
-            raise LabelStudioError(
+            raise LabelStudioServerError(
                 f"Label Studio executable not found at {exe}: run `make setup` (it installs "
                 f"Label Studio into {self.venv}) or set HITL_LABEL_STUDIO_BIN"
             )
         if port_in_use(self.host, self.port):
-            raise LabelStudioError(
+            raise LabelStudioServerError(
                 f"port {self.port} is already in use on {self.host}: stop what listens there or "
                 f"choose another port (--port); Label Studio would otherwise move to another "
                 f"port silently"
@@ -395,7 +396,7 @@ class LabelStudioServer:
             else:
                 exited = not pid_alive(pid)
             if exited:
-                raise LabelStudioError(
+                raise LabelStudioServerError(
                     f"Label Studio exited while starting; last log lines "
                     f"({self.log_file}):\n{self.log_tail()}"
                 )
@@ -403,13 +404,13 @@ class LabelStudioServer:
             if code == 200:
                 return
             if code == 401:
-                raise LabelStudioError(
+                raise LabelStudioServerError(
                     f"Label Studio at {self.url} rejects the API token: its database in "
                     f"{self.data_dir} was created with another token (set HITL_LS_TOKEN to that "
                     f"one, or remove the data directory)"
                 )
             if time.monotonic() > deadline:
-                raise LabelStudioError(
+                raise LabelStudioServerError(
                     f"Label Studio did not answer at {self.url} within {timeout:.0f} s (last "
                     f"status {code}); last log lines ({self.log_file}):\n{self.log_tail()}"
                 )
@@ -512,7 +513,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl labelstudio") -> int:
         try:
             began = time.monotonic()
             server.start(timeout=args.timeout)
-        except LabelStudioError as exc:
+        except LabelStudioServerError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1
         if server.already_running:

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from hitl_plugin.boxes import iou
+
 log = logging.getLogger(__name__)
 
 #: Class names in category-id order (id = index + 1).
@@ -125,15 +127,6 @@ def _tight_box(mask: np.ndarray) -> list[float] | None:
         return None
     x0, x1, y0, y1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
     return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    """IoU of two ``[x, y, w, h]`` boxes."""
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 # -- one image -----------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from hitl_plugin.dataset.export import export_yolo
 from hitl_plugin.dataset.store import DatasetStore
 from hitl_plugin.model.score import LOW_CONF, predict_stream, score_record
 from hitl_plugin.model.select import resolve_budget, select_samples
-from hitl_plugin.paths import Layout
+from hitl_plugin.paths import Layout, ModelPaths
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def run(
                            threads=threads, extra_args={"val": False})
         with timer(f"evaluate_{name}"):
             metrics = evaluate(Path(result["checkpoint"]), yaml_path, val_file,
-                               work / "eval" / name, imgsz=imgsz, device=device)
+                               ModelPaths(work / "eval" / name), imgsz=imgsz, device=device)
         return result, metrics
 
     noisy, before = fit("noisy", None)

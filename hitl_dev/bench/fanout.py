@@ -4,9 +4,9 @@ Builds a synthetic selection of ``--n`` samples (two predicted boxes each), then
 projects of a running Label Studio:
 
 - ``raw``: ONE ``POST /api/projects/{id}/import`` of the whole payload (the floor);
-- ``operator``: what the mapped submit tasks do, batch after batch: project setup
-  (:func:`ensure_project`), the idempotency check (keys already present, server-side
-  filters), one bulk import per batch, the submissions file;
+- ``operator``: what the mapped submit tasks do, batch after batch: the submit step
+  (:func:`hitl_plugin.steps.submit`: project setup, the idempotency check, keys already
+  present by server-side filters, one bulk import per batch, the submissions file);
 - ``retry``: the operator path again on the same project (everything already present: what an
   Airflow retry of every batch costs).
 
@@ -57,11 +57,13 @@ def synthetic_selection(n: int, *, dag_id: str, run_id: str):
 
 def run_bench(url: str, token: str, *, n: int, batch_size: int, work: Path,
               images: Path, parallel: int = 1) -> dict:
+    from hitl_plugin import steps
+    from hitl_plugin.config import parse_config
     from hitl_plugin.labeling.client import LabelStudioClient, run_filters
     from hitl_plugin.labeling.project import ensure_project_info
-    from hitl_plugin.labeling.submit import submit_batch
     from hitl_plugin.labeling.tasks import to_task
     from hitl_plugin.model.select import batches
+    from hitl_plugin.schemas import write_json_atomic
 
     dag_id, run_id = "bench_fanout", f"bench__{int(time.time())}"
     selection = synthetic_selection(n, dag_id=dag_id, run_id=run_id)
@@ -72,29 +74,25 @@ def run_bench(url: str, token: str, *, n: int, batch_size: int, work: Path,
         # raw: one bulk import of the same payload
         raw_project = ensure_project_info(
             client, title=f"bench-raw-{stamp}", class_names=classes, images_root=images,
-            model_version="bench-m1", lock_dir=work)["id"]
+            model_version="bench-m1")["id"]
         payload = [to_task(s, dag_id=dag_id, run_id=run_id, model_version="bench-m1",
                            names=names) for s in selection.items]
         began = time.perf_counter()
         raw_ids = client.import_tasks(raw_project, payload)
         raw_s = time.perf_counter() - began
 
-        # operator path: setup + idempotency check + one import per batch
+        # operator path: the submit step itself (setup + idempotency check + one import per
+        # batch), on a round whose storage root holds the images folder
         title = f"bench-op-{stamp}"
-        plan = batches(n, batch_size, work / "selection.json")
-        round_dir = work / "round"
+        config = parse_config({"dag_id": dag_id, "labeling": {"project_title": title}})
+        rnd = steps.Round(config, Path(images).parent, dag_id, run_id)
+        write_json_atomic(rnd.paths.selection, selection)
+        plan = batches(n, batch_size, rnd.paths.selection)
 
         def one_batch(b: dict) -> dict:
             # each mapped task instance has its own process, hence its own connection
             with LabelStudioClient(url, token, timeout=300) as own:
-                project = ensure_project_info(own, title=title, class_names=classes,
-                                              images_root=images, model_version="bench-m1",
-                                              lock_dir=work)
-                return submit_batch(own, project_id=project["id"], selection=selection,
-                                    start=b["start"], stop=b["stop"], dag_id=dag_id,
-                                    run_id=run_id, model_version="bench-m1",
-                                    round_dir=round_dir,
-                                    sync_model_version=not project["model_version_ok"])
+                return steps.submit(rnd, own, batch=b, model_version="bench-m1")
 
         def operator_pass() -> tuple[float, int, int]:
             from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +147,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench fanout") -> int:
     try:
         url, token = args.url, args.token
         if not url:
-            from hitl_plugin.labeling.server import LabelStudioServer, free_port
+            from hitl_dev.labelstudio import LabelStudioServer, free_port
 
             server = LabelStudioServer(data_dir=work / "ls-data", document_root=work,
                                        port=free_port())

@@ -1,0 +1,101 @@
+"""The wait for people, as plain Python: the completion policy and the absolute deadline.
+
+:func:`decide` is the one rule the sensor's first poke and the trigger's loop both apply to
+a round's counts (total, annotated, skipped-only tasks) and ends the wait with one typed
+event:
+
+- ``success``: every task is annotated or skipped;
+- ``partial``: the absolute deadline passed and the completion policy says go on with what is
+  done (share reached, or ``on_timeout="continue"``);
+- ``error``: the deadline passed below the required share with ``on_timeout="fail"``
+  (``timeout``), the service stayed unreachable until the deadline (``service_unavailable``),
+  or it answered in a way waiting cannot fix (``auth``, ``not_found``, ``config``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Literal, TypedDict
+
+from hitl_plugin.config import Completion, OnTimeout
+
+ErrorType = Literal["timeout", "service_unavailable", "auth", "not_found", "config"]
+__all__ = ["Completion", "ErrorType", "LabelsErrorEventPayload", "LabelsReadyEventPayload",
+           "OnTimeout", "deadline_after", "decide", "to_deadline"]
+
+
+class LabelsReadyEventPayload(TypedDict):
+    """The round may go on (``success``: all done; ``partial``: deadline passed)."""
+
+    status: Literal["success", "partial"]
+    total: int
+    completed: int
+    annotated: int
+    skipped: int
+    fraction: float
+    deadline: str
+    message: str
+
+
+class LabelsErrorEventPayload(TypedDict):
+    """The wait failed."""
+
+    status: Literal["error"]
+    error_type: ErrorType
+    error: str
+    total: int
+    completed: int
+    deadline: str
+
+
+def to_deadline(value: datetime | str | float | int) -> datetime:
+    """An absolute, timezone-aware deadline from a datetime, an ISO text or a POSIX time."""
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, (int, float)):
+        dt = datetime.fromtimestamp(float(value), tz=timezone.utc)
+    else:
+        dt = datetime.fromisoformat(str(value))
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+
+
+def decide(counts: dict[str, int], *, expected: int | None, completion: str,
+           min_fraction: float, on_timeout: str, now: datetime,
+           deadline: datetime) -> LabelsReadyEventPayload | LabelsErrorEventPayload | None:
+    """The completion policy: an event when the wait is over, else ``None``.
+
+    The share is ``completed / max(expected, total)``: ``expected`` (what the submit step
+    recorded) guards against tasks that vanished from the service. ``all`` needs every task by
+    the deadline; ``fraction`` needs ``min_fraction`` of them by the deadline; below that at
+    the deadline, ``on_timeout`` decides: go on with what is done, or fail.
+    """
+    total, completed = int(counts.get("total", 0)), int(counts.get("completed", 0))
+    denominator = max(int(expected or 0), total)
+    fraction = 1.0 if denominator == 0 else completed / denominator
+    common = {"total": denominator, "completed": completed, "deadline": deadline.isoformat()}
+    ready = {**common, "annotated": int(counts.get("annotated", 0)),
+             "skipped": int(counts.get("skipped", 0)), "fraction": round(fraction, 6)}
+    if completed >= denominator:
+        return LabelsReadyEventPayload(status="success", message=f"all {denominator} tasks "
+                                       f"done", **ready)  # type: ignore[typeddict-item]
+    if now < deadline:
+        return None
+    required = 1.0 if completion == "all" else float(min_fraction)
+    if fraction >= required:
+        return LabelsReadyEventPayload(
+            status="partial", message=f"deadline passed with {completed}/{denominator} tasks "
+            f"done (required {required:.0%})", **ready)  # type: ignore[typeddict-item]
+    if on_timeout == "continue":
+        return LabelsReadyEventPayload(
+            status="partial", message=f"deadline passed with only {completed}/{denominator} "
+            f"tasks done (required {required:.0%}); going on with what is done",
+            **ready)  # type: ignore[typeddict-item]
+    return LabelsErrorEventPayload(
+        status="error", error_type="timeout",
+        error=f"deadline {deadline.isoformat()} passed with {completed}/{denominator} tasks "
+        f"done; {required:.0%} required", **common)  # type: ignore[typeddict-item]
+
+
+def deadline_after(seconds: float, now: datetime | None = None) -> datetime:
+    """``now + seconds`` as an aware UTC datetime."""
+    return (now or datetime.now(timezone.utc)) + timedelta(seconds=float(seconds))

@@ -1,0 +1,518 @@
+"""The steps of a round as plain functions: what each task of the DAG does, without Airflow.
+
+One round of a pipeline is::
+
+    prepare -> train (+ evaluate) -> gate -> score -> select -> submit (per batch)
+            -> wait -> collect -> merge [-> train again] -> report
+
+Each step is one function here. It takes the :class:`Round` (the pipeline's config, the
+storage root, and the DAG and run ids that key every file and labeling task of the round)
+and typed inputs, and returns a typed result from :mod:`hitl_plugin.schemas`: small JSON
+that an operator returns as XCom unchanged. The operators, the demo and the benchmarks all
+drive these same functions; the domain rules live below them (``dataset/``, ``model/``,
+``labeling/``), and every file a step reads or writes is named by
+:class:`~hitl_plugin.paths.RoundPaths`.
+
+Nothing heavy is imported at module level: torch, Ultralytics and pycocotools load inside
+the steps that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+from hitl_plugin.config import COMPLETIONS, ON_TIMEOUT, PipelineConfig, load_config, storage_root
+from hitl_plugin.exceptions import ArgumentError, DatasetError, LabelsNotReadyError
+from hitl_plugin.paths import Layout, RoundPaths
+from hitl_plugin.schemas import (
+    Batch,
+    CollectResult,
+    Corrections,
+    GateResult,
+    MergeResult,
+    PrepareResult,
+    ReportResult,
+    ScoreResult,
+    SelectionManifest,
+    SelectResult,
+    SubmitResult,
+    TrainResult,
+    WaitResult,
+    read_model,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from hitl_plugin.dataset.store import DatasetStore
+    from hitl_plugin.labeling.client import LabelStudioClient
+    from hitl_plugin.labeling.wait import LabelsErrorEventPayload, LabelsReadyEventPayload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One run of one pipeline: what every step needs to find its files and its data.
+
+    :ivar config: the pipeline's validated config.
+    :ivar root: the storage root.
+    :ivar dag_id: the pipeline's DAG id.
+    :ivar run_id: the run; with ``dag_id`` it keys the round's files and labeling tasks.
+    """
+
+    config: PipelineConfig
+    root: Path
+    dag_id: str
+    run_id: str
+
+    @classmethod
+    def open(cls, config_path: str | None, *, dag_id: str, run_id: str,
+             variables: Callable[[str], str | None] | None = None) -> Round:
+        """Load the config (defaults when ``config_path`` is empty) and find the storage root.
+
+        :param variables: reads an Airflow Variable (the storage root may come from one).
+        :raises ConfigError: naming the file, the field and the reason.
+        """
+        config = load_config(config_path) if config_path else PipelineConfig(dag_id=dag_id)
+        return cls(config, storage_root(config, variables=variables), dag_id, run_id)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.at(self.root)
+
+    @property
+    def paths(self) -> RoundPaths:
+        return self.layout.round(self.dag_id, self.run_id)
+
+    @property
+    def store(self) -> DatasetStore:
+        from hitl_plugin.dataset.store import DatasetStore
+
+        return DatasetStore(self.root, self.config.dataset.name)
+
+    @property
+    def key(self) -> str:
+        """The round key, ``<dag_id>|<run_id>`` (idempotency of the merge)."""
+        return f"{self.dag_id}|{self.run_id}"
+
+    @property
+    def project_title(self) -> str:
+        """The pipeline's Label Studio project (``labeling.project_title`` or ``hitl-<dag>``)."""
+        return self.config.labeling.project_title or f"hitl-{self.dag_id}"
+
+
+# -- prepare ------------------------------------------------------------------------------
+
+
+def prepare(rnd: Round) -> PrepareResult:
+    """The dataset version the round starts from; imports ``dataset.source_dir`` the first time.
+
+    :raises DatasetError: when the dataset has no version and no source to import.
+    """
+    store = rnd.store
+    version = store.latest()
+    if version is None:
+        source = rnd.config.resolve(rnd.config.dataset.source_dir)
+        if source is None:
+            raise DatasetError(
+                f"{rnd.config.config_path}: dataset {rnd.config.dataset.name!r} has no version "
+                f"under {store.dir} and dataset.source_dir is not set")
+        log.info("Importing %s as the first version of %s", source, rnd.config.dataset.name)
+        version = store.import_source(source)
+        manifest = store.manifest(version)  # just written from validated data: no re-hash
+    else:
+        manifest = store.verify(version)
+    log.info("Round starts from %s %s: %s", rnd.config.dataset.name, version,
+             manifest["counts"])
+    return {"version": version, "counts": manifest["counts"]}
+
+
+# -- train + evaluate ---------------------------------------------------------------------
+
+
+def warm_start(rnd: Round) -> tuple[str | None, str]:
+    """The checkpoint a training starts from, and where it came from.
+
+    In order: the pipeline's promoted checkpoint, ``model.base_checkpoint`` (``builtin``:
+    the packaged asset), else None (scratch from ``model.architecture``).
+    """
+    from hitl_plugin.model import yolo
+    from hitl_plugin.model.gate import promoted
+    from hitl_plugin.model.train import BUILTIN_BASE
+
+    current = promoted(rnd.root, rnd.dag_id)
+    if current and Path(current["checkpoint"]).is_file():
+        return current["checkpoint"], "promoted"
+    base = rnd.config.model.base_checkpoint
+    if base is None or base == "":
+        return None, "scratch"
+    if base == "builtin":
+        if not BUILTIN_BASE.is_file():
+            raise FileNotFoundError(f"the packaged base checkpoint {BUILTIN_BASE} is missing")
+        return str(BUILTIN_BASE), "builtin"
+    return str(yolo.resolve_weights(rnd.config.resolve(base))), "path"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("airflow-hitl")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def train(rnd: Round, *, version: str | None = None, epochs: int | None = None,
+          imgsz: int | None = None, name: str | None = None) -> TrainResult:
+    """Train the round's model on a dataset version, then evaluate it on the held-out set.
+
+    Resumable: the folder is the run's (a retry continues from the last epoch's checkpoint
+    and starts from the same weights as the first try). The checkpoint's metadata
+    (``train_result.json``) records its lineage: dataset version, config hash, package
+    version, seed and warm start. An evaluation already written for the same checkpoint is
+    reused.
+
+    :param version: the dataset version to train on (default: the latest).
+    :param epochs: this run's epochs (default ``training.epochs``).
+    :param imgsz: this run's image size (default ``training.imgsz``).
+    :param name: a second training of the round (the retrain after the merge), in a
+        sub-folder of the round's model folder.
+    """
+    from hitl_plugin.dataset.export import export_yolo, read_weights
+    from hitl_plugin.model.evaluate import evaluate
+    from hitl_plugin.model.train import train as train_model
+
+    config, t = rnd.config, rnd.config.training
+    model = rnd.paths.model(name)
+    version = version or rnd.store.require_latest()
+    coco = rnd.store.load(version)
+    val_file = rnd.layout.val_file(config.dataset.name)
+    data_yaml = export_yolo(rnd.root, config.dataset.name, version, coco,
+                            json.loads(val_file.read_text(encoding="utf-8")))
+    image_weights = read_weights(data_yaml)
+    if model.warm_start.is_file():  # a retry must start from the same weights as the first try
+        chosen = json.loads(model.warm_start.read_text(encoding="utf-8"))
+        weights, source = chosen["weights"], chosen["source"]
+    else:
+        weights, source = warm_start(rnd)
+        write_json_atomic(model.warm_start, {"weights": weights, "source": source})
+    epochs, imgsz = int(epochs or t.epochs), int(imgsz or t.imgsz)
+    result = train_model(
+        data_yaml, model.dir, architecture=config.model.architecture, weights=weights,
+        epochs=epochs, imgsz=imgsz, batch=t.batch, device=t.device, threads=t.threads,
+        seed=t.seed, plots=t.plots, image_weights=image_weights,
+        metadata={
+            "version": version, "weights_source": source, "data_yaml": str(data_yaml),
+            "weighted_images": sum(1 for w in image_weights.values() if w != 1.0),
+            "lineage": {"dataset": config.dataset.name, "version": version,
+                        "config_sha256": config.digest(), "package_version": package_version(),
+                        "seed": t.seed, "weights": weights, "weights_source": source},
+        })
+    checkpoint = str(Path(result["checkpoint"]).absolute())
+    metrics = None
+    if model.metrics.is_file():
+        metrics = json.loads(model.metrics.read_text(encoding="utf-8"))
+        if metrics.get("checkpoint") != checkpoint:
+            metrics = None
+    if metrics is None:
+        metrics = evaluate(Path(checkpoint), data_yaml, val_file, model, imgsz=imgsz,
+                           device=t.device)
+    log.info("Trained %s (%s epochs, warm start: %s, resumed from epoch %s); held-out "
+             "mAP50-95 %.4f, mAP50 %.4f on %s images", result["checkpoint"], result["epochs"],
+             source, result["resumed_from_epoch"], metrics["map50_95"], metrics["map50"],
+             metrics["n_images"])
+    return {**result, "train_metrics": result["metrics"], "metrics": metrics}  # type: ignore[typeddict-item]
+
+
+# -- gate ---------------------------------------------------------------------------------
+
+
+def gate(rnd: Round, *, candidate: TrainResult) -> GateResult:
+    """Promote the candidate checkpoint if it beats the promoted one on the held-out metric.
+
+    Idempotent: a retry after a promotion returns the same answer.
+    """
+    from hitl_plugin.model.gate import apply_gate
+
+    for key in ("checkpoint", "metrics"):
+        if not isinstance(candidate, dict) or key not in candidate:
+            raise ArgumentError(f"candidate must be the train step's result (with {key!r}), "
+                                f"got {type(candidate).__name__}")
+    verdict = apply_gate(
+        rnd.root, rnd.dag_id, rnd.run_id, candidate["checkpoint"], candidate["metrics"],
+        metric=rnd.config.gate.metric, margin=rnd.config.gate.margin,
+        lineage=candidate.get("lineage"))
+    log.info("Gate: %s (promoted: %s)", verdict["reason"], verdict["promoted"])
+    return verdict  # type: ignore[return-value]
+
+
+# -- score and select ---------------------------------------------------------------------
+
+
+def score(rnd: Round, *, checkpoint: str, version: str | None = None,
+          imgsz: int | None = None) -> ScoreResult:
+    """Score every train and pool image of the version: uncertainty, suspected label errors.
+
+    Writes ``scores.jsonl`` (one :class:`~hitl_plugin.schemas.ImageScore` per line).
+
+    :param version: the dataset version (default: the latest).
+    """
+    from hitl_plugin.model.score import score_images
+
+    t = rnd.config.training
+    imgsz = imgsz or t.imgsz
+    version = version or rnd.store.require_latest()
+    coco = rnd.store.load(version)
+    log.info("Scoring %s %s with %s at %s px", rnd.config.dataset.name, version, checkpoint,
+             imgsz)
+    result = score_images(checkpoint, coco, rnd.root, rnd.paths.scores,
+                          selection=rnd.config.selection, imgsz=imgsz, device=t.device,
+                          threads=t.threads)
+    log.info("Scored %s images in %s s", result["n_images"], result["seconds"])
+    return {"scores": result["scores"], "n_images": result["n_images"], "version": version,
+            "seconds": result["seconds"]}
+
+
+def select(rnd: Round, *, scores: str, version: str, model_version: str,
+           budget: int | float | None = None, strategy: str | None = None) -> SelectResult:
+    """Choose the round's images from the scores; write ``selection.json``.
+
+    :param budget: images to select, a count or a fraction in (0, 1) (default: the config).
+    :param strategy: one of :data:`~hitl_plugin.config.STRATEGIES` (default: the config).
+    :return: the selection's path and counts, and the fan-out ``batches`` of
+        ``labeling.batch_size`` images each.
+    """
+    from hitl_plugin.model.select import batches, select_samples
+
+    coco = rnd.store.load(version)
+    manifest = select_samples(
+        scores, coco, selection=rnd.config.selection, dag_id=rnd.dag_id, run_id=rnd.run_id,
+        dataset=rnd.config.dataset.name, version=version, model_version=model_version,
+        budget=budget, strategy=strategy)
+    path = write_json_atomic(rnd.paths.selection, manifest)
+    by_reason = dict(Counter(item.reason for item in manifest.items))
+    log.info("Selected %s images (%s, budget %s): %s", len(manifest.items), manifest.strategy,
+             manifest.budget, by_reason)
+    return {"selection": str(path), "n_selected": len(manifest.items), "by_reason": by_reason,
+            "batches": batches(len(manifest.items), rnd.config.labeling.batch_size, path)}
+
+
+# -- labeling -----------------------------------------------------------------------------
+
+
+def checked_batch(batch: object) -> Batch:
+    """``batch`` if it is one of the select step's batches, else :class:`ArgumentError`."""
+    if not isinstance(batch, dict) or not {"selection", "start", "stop"} <= set(batch):
+        raise ArgumentError(f"batch must be {{'selection', 'start', 'stop'}}, got {batch!r}")
+    return batch  # type: ignore[return-value]
+
+
+def submit(rnd: Round, client: LabelStudioClient, *, batch: Batch,
+           model_version: str | None = None) -> SubmitResult:
+    """Send one batch of the selection to Label Studio, idempotently.
+
+    Finds or creates the pipeline's project (classes, local-files storage, model version),
+    then imports the batch's samples that the project does not hold yet, with the model's
+    boxes as pre-annotations, in one bulk import. The key of a task is
+    ``(dag id, run id, image id)``; ``submissions/<start>-<stop>.json`` records the batch.
+
+    :param batch: ``{"selection", "start", "stop"}`` (one of the select step's batches).
+    :param model_version: the model behind the predictions (default: the selection's).
+    """
+    from hitl_plugin.labeling.project import ensure_project_info
+    from hitl_plugin.labeling.submit import submit_batch
+
+    batch = checked_batch(batch)
+    selection = read_model(SelectionManifest, batch["selection"])
+    model_version = model_version or selection.model_version
+    class_names = [c.name for c in sorted(selection.categories, key=lambda c: c.id)]
+    project = ensure_project_info(
+        client, title=rnd.project_title, class_names=class_names,
+        images_root=rnd.layout.images, model_version=model_version, paths=rnd.paths)
+    result = submit_batch(
+        client, project_id=project["id"], selection=selection, start=int(batch["start"]),
+        stop=int(batch["stop"]), dag_id=rnd.dag_id, run_id=rnd.run_id,
+        model_version=model_version, paths=rnd.paths,
+        sync_model_version=not project["model_version_ok"])
+    log.info("Submitted %s new tasks (%s already present) to project %s",
+             result["submitted"], result["already_present"], project["id"])
+    return result  # type: ignore[return-value]
+
+
+class WaitPlan(TypedDict):
+    """What the wait needs: the round's tasks, the completion policy, the absolute deadline."""
+
+    project_id: int
+    expected: int | None
+    dag_id: str
+    run_id: str
+    completion: str
+    min_fraction: float
+    on_timeout: str
+    deadline: str
+    poke_interval: float
+
+
+def plan_wait(rnd: Round, *, task_id: str, submissions: Iterable[SubmitResult] | None = None,
+              project_id: int | str | None = None, completion: str | None = None,
+              min_fraction: float | None = None, on_timeout: str | None = None,
+              timeout_s: float | None = None, poke_interval: float | None = None,
+              try_series: int | None = None) -> WaitPlan:
+    """The wait's settings: the given values, else the config's ``labeling`` section.
+
+    The deadline is absolute: now + timeout at the first try, recorded in the round folder
+    and reused by the automatic retries of the same try series (``try_series``: Airflow's
+    ``max_tries``, which a manual clear raises, so that a clear starts a new deadline).
+
+    :raises ArgumentError: for a value outside its choices, or no single project.
+    """
+    from hitl_plugin.labeling.submit import project_and_expected
+    from hitl_plugin.labeling.wait import deadline_after, to_deadline
+
+    lab = rnd.config.labeling
+    completion = completion or lab.completion
+    if completion not in COMPLETIONS:
+        raise ArgumentError(f"completion must be one of {COMPLETIONS}, got {completion!r}")
+    on_timeout = on_timeout or lab.on_timeout
+    if on_timeout not in ON_TIMEOUT:
+        raise ArgumentError(f"on_timeout must be one of {ON_TIMEOUT}, got {on_timeout!r}")
+    min_fraction = lab.min_fraction if min_fraction is None else float(min_fraction)
+    if not 0.0 < min_fraction <= 1.0:
+        raise ArgumentError(f"min_fraction must be in (0, 1], got {min_fraction}")
+    project, expected = project_and_expected(submissions, project_id)
+    seconds = float(timeout_s) if timeout_s is not None else lab.timeout_hours * 3600.0
+
+    path = rnd.paths.wait_deadline(task_id)
+    deadline = None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("max_tries") == try_series and saved.get("timeout_s") == seconds:
+            deadline = to_deadline(saved["deadline"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if deadline is None:
+        deadline = deadline_after(seconds)
+        write_json_atomic(path, {"deadline": deadline.isoformat(), "timeout_s": seconds,
+                                 "max_tries": try_series})
+    return {"project_id": project, "expected": expected, "dag_id": rnd.dag_id,
+            "run_id": rnd.run_id, "completion": completion, "min_fraction": min_fraction,
+            "on_timeout": on_timeout, "deadline": deadline.isoformat(),
+            "poke_interval": float(poke_interval if poke_interval is not None
+                                   else lab.poke_interval)}
+
+
+def check_wait(client: LabelStudioClient, plan: WaitPlan, *, now: datetime | None = None
+               ) -> LabelsReadyEventPayload | LabelsErrorEventPayload | None:
+    """Count the round's finished tasks once and apply the completion policy.
+
+    :return: the event that ends the wait, or None to wait on.
+    """
+    from hitl_plugin.labeling.client import round_counts_sync
+    from hitl_plugin.labeling.wait import decide, to_deadline
+
+    counts = round_counts_sync(client, plan["project_id"], plan["dag_id"], plan["run_id"])
+    log.info("Round %s: %s/%s tasks done (%s annotated, %s skipped)", plan["run_id"],
+             counts["completed"], max(counts["total"], plan["expected"] or 0),
+             counts["annotated"], counts["skipped"])
+    return decide(counts, expected=plan["expected"], completion=plan["completion"],
+                  min_fraction=plan["min_fraction"], on_timeout=plan["on_timeout"],
+                  now=now or datetime.now(timezone.utc), deadline=to_deadline(plan["deadline"]))
+
+
+def finish_wait(event: dict, project_id: int | None) -> WaitResult:
+    """The wait's result from its final event; an error event raises.
+
+    :raises LabelsNotReadyError: naming the kind of failure (timeout, service_unavailable,
+        auth, not_found, config) and the service's words.
+    """
+    if not isinstance(event, dict) or event.get("status") not in ("success", "partial"):
+        kind = event.get("error_type", "unknown") if isinstance(event, dict) else "unknown"
+        error = event.get("error", event) if isinstance(event, dict) else event
+        raise LabelsNotReadyError(f"Labeling round not ready ({kind}): {error}")
+    log.info("%s", event.get("message", ""))
+    return {"project_id": project_id, "total": event["total"],  # type: ignore[typeddict-item]
+            "completed": event["completed"], "annotated": event["annotated"],
+            "skipped": event["skipped"], "fraction": event["fraction"],
+            "complete": event["status"] == "success", "deadline": event["deadline"]}
+
+
+def collect(rnd: Round, client: LabelStudioClient, *, selection: str,
+            submissions: Iterable[SubmitResult] | None = None,
+            project_id: int | str | None = None) -> CollectResult:
+    """Read the round's finished tasks back as validated corrections (``corrections.json``).
+
+    ``pending`` counts selected images without an answer, whose labels stay as they were.
+    """
+    from hitl_plugin.labeling.collect import collect_corrections
+    from hitl_plugin.labeling.submit import project_and_expected
+
+    manifest = read_model(SelectionManifest, selection)
+    project, _ = project_and_expected(submissions, project_id)
+    corrections = collect_corrections(client, project_id=project, dag_id=rnd.dag_id,
+                                      run_id=rnd.run_id, selection=manifest)
+    path = write_json_atomic(rnd.paths.corrections, corrections)
+    labeled = sum(1 for c in corrections.items if c.status == "labeled")
+    skipped = sum(1 for c in corrections.items if c.status == "skipped")
+    answered = {c.image_id for c in corrections.items} | {
+        r.image_id for r in corrections.rejected if r.image_id is not None}
+    pending = sum(1 for s in manifest.items if s.image_id not in answered)
+    log.info("Corrections: %s labeled, %s skipped, %s rejected, %s pending -> %s",
+             labeled, skipped, len(corrections.rejected), pending, path)
+    return {"corrections": str(path), "labeled": labeled, "skipped": skipped,
+            "rejected": len(corrections.rejected), "pending": pending}
+
+
+# -- merge and report ---------------------------------------------------------------------
+
+
+def merge(rnd: Round, *, corrections: str, base_version: str | None = None) -> MergeResult:
+    """Merge the round's validated corrections into a new immutable dataset version.
+
+    Idempotent per round key (a retry returns the version already published); writes the
+    merge report. The caller emits the dataset Asset event.
+
+    :param corrections: the collect step's ``corrections.json``.
+    :param base_version: the version the round started from (default: the corrections').
+    """
+    from hitl_plugin.dataset.merge import merge_corrections
+
+    parsed = read_model(Corrections, corrections)
+    if (parsed.dag_id, parsed.run_id) != (rnd.dag_id, rnd.run_id):
+        log.warning("Merging corrections of %s/%s in run %s/%s", parsed.dag_id, parsed.run_id,
+                    rnd.dag_id, rnd.run_id)
+    merge_cfg = rnd.config.merge
+    result = merge_corrections(
+        rnd.store, base_version=base_version or parsed.version, corrections=parsed,
+        round_key=rnd.key, human_weight=merge_cfg.human_weight, decay=merge_cfg.decay,
+        report_path=rnd.paths.merge_report)
+    log.info("Dataset %s %s (parent %s): %s images corrected, %s labeled from the pool, "
+             "%s skipped, %s conflict(s), %s rejected; report %s", rnd.config.dataset.name,
+             result["version"], result["parent"], result["images_corrected"],
+             result["pool_labeled"], result["skipped"], result["conflicts"],
+             result["rejected"], result["report"])
+    return result  # type: ignore[return-value]
+
+
+def report(rnd: Round, *, base_version: str, train: TrainResult, gate: GateResult,
+           merge: MergeResult, retrain: TrainResult | None = None) -> ReportResult:
+    """Write the round's summary (``report.json``) and plot (``report.png``); log the text."""
+    from hitl_plugin.report import write_round_report
+
+    rep = write_round_report(rnd.layout, rnd.config, dag_id=rnd.dag_id, run_id=rnd.run_id,
+                             base_version=base_version, train=train, gate=gate, merge=merge,
+                             retrain=retrain or None)
+    for line in rep["text"].splitlines():
+        log.info("%s", line)
+    return {"report": rep["report"], "plot": rep["plot"]}
+
+
+__all__ = ["Round", "WaitPlan", "check_wait", "checked_batch", "collect", "finish_wait",
+           "gate", "merge", "package_version", "plan_wait", "prepare", "report", "score",
+           "select", "submit", "train", "warm_start"]
