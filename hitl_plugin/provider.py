@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hitl_plugin import package_version
+
 
 def get_provider_info() -> dict:
     """Describe the package and the ``label_studio`` connection type to Airflow."""
@@ -9,7 +11,7 @@ def get_provider_info() -> dict:
         "package-name": "airflow-hitl",
         "name": "Human-in-the-loop training (airflow-hitl)",
         "description": "Human-in-the-loop object-detection training with Label Studio.",
-        "versions": ["0.1.0"],
+        "versions": [package_version()],
         "connection-types": [
             {
                 "connection-type": "label_studio",

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
+from hitl_plugin import package_version
 from hitl_plugin.config import COMPLETIONS, ON_TIMEOUT, PipelineConfig, load_config, storage_root
 from hitl_plugin.exceptions import ArgumentError, DatasetError, LabelsNotReadyError
 from hitl_plugin.paths import Layout, RoundPaths
@@ -158,15 +159,6 @@ def warm_start(rnd: Round) -> tuple[str | None, str]:
             raise FileNotFoundError(f"the packaged base checkpoint {BUILTIN_BASE} is missing")
         return str(BUILTIN_BASE), "builtin"
     return str(yolo.resolve_weights(rnd.config.resolve(base))), "path"
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("airflow-hitl")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 def train(rnd: Round, *, version: str | None = None, epochs: int | None = None,
@@ -514,5 +506,5 @@ def report(rnd: Round, *, base_version: str, train: TrainResult, gate: GateResul
 
 
 __all__ = ["Round", "WaitPlan", "check_wait", "checked_batch", "collect", "finish_wait",
-           "gate", "merge", "package_version", "plan_wait", "prepare", "report", "score",
+           "gate", "merge", "plan_wait", "prepare", "report", "score",
            "select", "submit", "train", "warm_start"]

@@ -64,6 +64,7 @@ PRIVATE_API: tuple[tuple[str, str], ...] = (
     ("ultralytics.models.yolo.detect", "DetectionTrainer._close_dataloader_mosaic"),
     ("ultralytics.models.yolo.detect", "DetectionTrainer.label_loss_items"),
     ("ultralytics.models.yolo.detect", "DetectionPredictor.postprocess"),
+    ("ultralytics.models.yolo.detect", "DetectionPredictor.setup_model"),
     ("ultralytics.models.yolo.detect", "DetectionPredictor.construct_results"),
     ("ultralytics.utils.nms", "non_max_suppression"),
     ("ultralytics.utils.ops", "convert_torch2numpy_batch"),
@@ -474,6 +475,15 @@ def class_prob_predictor() -> type:
     from ultralytics.utils import nms
 
     class ClassProbPredictor(DetectionPredictor):
+        # PRIVATE: on the CPU, AutoBackend.warmup() runs no forward pass; all it does is
+        # import torchvision (1.5 s here, with torch._dynamo) so that NMS uses torchvision's
+        # kernel. Marking the warm-up done leaves NMS to Ultralytics' own TorchNMS, which
+        # matches torchvision's exactly (scores.jsonl byte-identical, measured).
+        def setup_model(self, model, verbose: bool = True):
+            super().setup_model(model, verbose)
+            if self.device.type == "cpu":
+                self.done_warmup = True
+
         # PRIVATE: postprocess() runs NMS; the kept indices (return_idxs) select the raw
         # per-class scores of each box, which Results does not carry.
         def postprocess(self, preds, img, orig_imgs, **kwargs):
