@@ -1,8 +1,10 @@
-"""Box overlap: the one IoU of the package. Boxes are COCO ``[x, y, width, height]``.
+"""Box overlap: the one IoU of the package, and the one rule for "what did a person change".
 
-:func:`iou` compares two boxes in plain Python (the merge calls it per box pair while it
-streams a dataset, where building arrays would cost more than it saves); :func:`iou_matrix`
-compares every box of one set with every box of another (scoring).
+Boxes are COCO ``[x, y, width, height]``. :func:`iou` compares two boxes in plain Python
+(the merge calls it per box pair while it streams a dataset, where building arrays would
+cost more than it saves); :func:`iou_matrix` compares every box of one set with every box of
+another (scoring); :func:`compare` matches the boxes a person started from with the boxes
+they returned (collect and merge).
 """
 
 from __future__ import annotations
@@ -38,3 +40,63 @@ def iou_matrix(a: Any, b: Any) -> Any:
     union = aw * ah + bw * bh - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)
+
+
+#: Matched boxes whose corners moved by at most this many pixels count as unchanged
+#: (Label Studio stores percentages: a box that round-trips comes back off by a fraction).
+UNCHANGED_PX = 1.0
+#: Old and new boxes overlapping at least this much are the same object (class-agnostic).
+MATCH_IOU = 0.5
+KINDS = ("missing", "spurious", "class_swap", "bad_box")
+
+
+def _corners(b: Sequence[float]) -> tuple[float, float, float, float]:
+    return b[0], b[1], b[0] + b[2], b[1] + b[3]
+
+
+def compare(old: Sequence[dict], new: Sequence[dict]) -> dict:
+    """Match old and new boxes (``bbox``, ``category_id``) greedily by IoU, and say what changed.
+
+    :return: ``{"counts": {"missing", "spurious", "class_swap", "bad_box", "unchanged"},
+        "unchanged": {new index: old index}}``. ``missing``: a new box that matches no old
+        box (an added box); ``spurious``: an old box that matches no new box (removed);
+        ``class_swap``: a matched box whose class changed; ``bad_box``: a matched box of the
+        same class that moved by more than :data:`UNCHANGED_PX`; ``unchanged``: the rest.
+    """
+    pairs = sorted(
+        ((iou(o["bbox"], n["bbox"]), i, j) for i, o in enumerate(old) for j, n in enumerate(new)),
+        reverse=True,
+    )
+    used_old: set[int] = set()
+    used_new: set[int] = set()
+    unchanged: dict[int, int] = {}
+    counts = dict.fromkeys((*KINDS, "unchanged"), 0)
+    for overlap, i, j in pairs:
+        if overlap < MATCH_IOU:
+            break
+        if i in used_old or j in used_new:
+            continue
+        used_old.add(i)
+        used_new.add(j)
+        o, n = old[i], new[j]
+        if o["category_id"] != n["category_id"]:
+            counts["class_swap"] += 1
+        elif max(abs(p - q) for p, q in zip(_corners(o["bbox"]), _corners(n["bbox"]))) > (
+            UNCHANGED_PX
+        ):
+            counts["bad_box"] += 1
+        else:
+            counts["unchanged"] += 1
+            unchanged[j] = i
+    counts["missing"] = len(new) - len(used_new)
+    counts["spurious"] = len(old) - len(used_old)
+    return {"counts": counts, "unchanged": unchanged}
+
+
+def answer_kind(started: Sequence[dict], returned: Sequence[dict]) -> str:
+    """``confirmed`` (returned unchanged), ``empty`` (every box removed) or ``edited``."""
+    if started and not returned:
+        return "empty"
+    result = compare(started, returned)
+    return "confirmed" if result["counts"]["unchanged"] == len(started) == len(returned) \
+        else "edited"

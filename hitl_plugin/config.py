@@ -184,6 +184,12 @@ class LabelingConfig(_Section):
         description="At the deadline below the required share: go on with what is done, or fail.",
     )
     poke_interval: float = Field(default=30.0, gt=0.0, description="Seconds between polls.")
+    empty_answer: Literal["no_objects", "reject"] = Field(
+        default="reject",
+        description="A submission with no box for an image that had labels: `reject` keeps the "
+        "labels and reports the answer as rejected; `no_objects` accepts that the image "
+        "shows nothing to label and removes them. Counted in the round report either way.",
+    )
 
 
 class MergeConfig(_Section):

@@ -114,6 +114,9 @@ def summary_text(rep: dict) -> str:
         + (", ".join(f"{n} {k}" for k, n in sorted(sel["by_suspicion"].items())) or "none"),
         f"  corrections received: {cor['labeled']} labeled, {cor['skipped']} skipped, "
         f"{cor['rejected']} rejected",
+        f"    answers: {cor.get('confirmed', 0)} confirmed unchanged, {cor.get('edited', 0)} "
+        f"edited, {cor.get('empty', 0)} empty; {rep.get('labels_confirmed', 0)} labels "
+        "confirmed",
         "  label errors fixed by kind (changes people made to labeled images): "
         + (", ".join(f"{n} {k}" for k, n in sorted(fixed.items())) or "none"),
         f"  new images labeled from the pool: {rep['pool_labeled']} "
@@ -152,6 +155,7 @@ def write_round_report(
     corrections = read_model(Corrections, paths.corrections)
     merge_report = json.loads(Path(merge["report"]).read_text(encoding="utf-8"))
     by_suspicion = Counter(s.kind for item in selection.items for s in item.suspicions)
+    answers = Counter(c.answer for c in corrections.items if c.status == "labeled")
     rep = {
         "schema_version": REPORT_SCHEMA,
         "dag_id": dag_id,
@@ -168,7 +172,13 @@ def write_round_report(
             "labeled": sum(1 for c in corrections.items if c.status == "labeled"),
             "skipped": sum(1 for c in corrections.items if c.status == "skipped"),
             "rejected": len(corrections.rejected),
+            # what people did with the boxes they started from (see Correction.answer)
+            "confirmed": answers["confirmed"],
+            "edited": answers["edited"],
+            "empty": answers["empty"] + sum(1 for r in corrections.rejected
+                                            if r.answer == "empty"),
         },
+        "labels_confirmed": merge_report["counts"].get("labels_confirmed", 0),
         "fixed": merge_report.get("fixed_by_kind", {}),
         "pool_labeled": merge_report["counts"]["pool_labeled"],
         "pool_boxes_labeled": merge_report["counts"]["pool_boxes_labeled"],

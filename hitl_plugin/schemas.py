@@ -91,8 +91,20 @@ class ImageScore(_Model):
     predictions: list[Prediction] = Field(default_factory=list)
 
 
+class LabelBox(_Model):
+    """One of the image's current labels (the starting point of a review)."""
+
+    id: int
+    bbox: list[float] = Field(min_length=4, max_length=4)
+    category_id: int
+
+
 class SelectedSample(_Model):
-    """One image chosen for people to label, with why."""
+    """One image chosen for people to label, with why.
+
+    ``labels`` are the image's current labels when it was selected: a person reviewing a
+    labeled image starts from them (a pool image starts from the model's ``predictions``).
+    """
 
     image_id: int
     file_name: str
@@ -103,6 +115,7 @@ class SelectedSample(_Model):
     score: float
     suspicions: list[Suspicion] = Field(default_factory=list)
     predictions: list[Prediction] = Field(default_factory=list)
+    labels: list[LabelBox] = Field(default_factory=list)
 
 
 class SelectionManifest(_Model):
@@ -126,11 +139,20 @@ class CorrectedBox(_Model):
     category_id: int
 
 
+AnswerKind = Literal["confirmed", "edited", "empty"]
+
+
 class Correction(_Model):
-    """What a person returned for one image (already validated)."""
+    """What a person returned for one image (already validated).
+
+    ``answer`` says what the person did with the boxes they started from: ``confirmed``
+    (submitted them unchanged), ``edited`` (changed, removed or added boxes), ``empty``
+    (removed every box of an image that had some; see ``labeling.empty_answer``).
+    """
 
     image_id: int
     status: Literal["labeled", "skipped"]
+    answer: AnswerKind | None = None
     task_id: int
     annotation_id: int | None = None
     annotator: str | None = None
@@ -147,6 +169,8 @@ class Rejected(_Model):
     task_id: int | None
     image_id: int | None
     reason: str
+    #: set when the answer was valid but its kind is not accepted (an empty answer)
+    answer: Literal["empty"] | None = None
 
 
 class Corrections(_Model):

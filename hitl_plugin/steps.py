@@ -448,7 +448,8 @@ def collect(rnd: Round, client: LabelStudioClient, *, selection: str,
     manifest = read_model(SelectionManifest, selection)
     project, _ = project_and_expected(submissions, project_id)
     corrections = collect_corrections(client, project_id=project, dag_id=rnd.dag_id,
-                                      run_id=rnd.run_id, selection=manifest)
+                                      run_id=rnd.run_id, selection=manifest,
+                                      empty_answer=rnd.config.labeling.empty_answer)
     path = write_json_atomic(rnd.paths.corrections, corrections)
     labeled = sum(1 for c in corrections.items if c.status == "labeled")
     skipped = sum(1 for c in corrections.items if c.status == "skipped")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hitl_plugin.boxes import iou
+from hitl_plugin.boxes import KINDS, compare
 from hitl_plugin.dataset.coco import EDGE_TOLERANCE
 from hitl_plugin.dataset.store import (
     FORMAT,
@@ -52,13 +52,7 @@ from hitl_plugin.schemas import Correction, Corrections, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-#: Matched boxes whose corners moved by at most this many pixels count as unchanged
-#: (Label Studio stores percentages: a box that round-trips comes back off by a fraction).
-UNCHANGED_PX = 1.0
-#: Old and new boxes overlapping at least this much are the same object (class-agnostic).
-MATCH_IOU = 0.5
 _SUMMARY_KEYS = ("images_corrected", "pool_labeled", "skipped", "conflicts", "rejected")
-_KINDS = ("missing", "spurious", "class_swap", "bad_box")
 _dumps = json.dumps
 
 
@@ -100,43 +94,8 @@ def _ann_ids(line: str) -> tuple[int, int]:
 
 
 def classify_changes(old: list[dict], new: list[dict]) -> dict[str, int]:
-    """Count what a correction changed, matching old and new boxes greedily by IoU.
-
-    ``missing``: a new box that matches no old box (a missing label fixed); ``spurious``: an
-    old box that matches no new box (removed); ``class_swap``: a matched box whose class
-    changed; ``bad_box``: a matched box of the same class that moved by more than
-    :data:`UNCHANGED_PX`; ``unchanged``: the rest.
-    """
-    pairs = sorted(
-        ((iou(o["bbox"], n["bbox"]), i, j) for i, o in enumerate(old) for j, n in enumerate(new)),
-        reverse=True,
-    )
-    used_old: set[int] = set()
-    used_new: set[int] = set()
-    counts = dict.fromkeys((*_KINDS, "unchanged"), 0)
-    for overlap, i, j in pairs:
-        if overlap < MATCH_IOU:
-            break
-        if i in used_old or j in used_new:
-            continue
-        used_old.add(i)
-        used_new.add(j)
-        o, n = old[i], new[j]
-        if o["category_id"] != n["category_id"]:
-            counts["class_swap"] += 1
-        elif max(abs(p - q) for p, q in zip(_corners(o["bbox"]), _corners(n["bbox"]))) > (
-            UNCHANGED_PX
-        ):
-            counts["bad_box"] += 1
-        else:
-            counts["unchanged"] += 1
-    counts["missing"] = len(new) - len(used_new)
-    counts["spurious"] = len(old) - len(used_old)
-    return counts
-
-
-def _corners(b: list[float]) -> tuple[float, float, float, float]:
-    return b[0], b[1], b[0] + b[2], b[1] + b[3]
+    """Count what a correction changed (see :func:`hitl_plugin.boxes.compare`)."""
+    return compare(old, new)["counts"]
 
 
 def box_problem(
@@ -214,10 +173,12 @@ class _Merger:
         self.max_id = min_next_id - 1
         self.history: list[str] = []
         self.conflicts: list[dict] = []
-        self.kinds = dict.fromkeys((*_KINDS, "unchanged"), 0)
+        self.kinds = dict.fromkeys((*KINDS, "unchanged"), 0)
         self.removed_sources: dict[str, int] = {}
         self.n_new = 0
         self.n_old = 0
+        #: labels a person submitted unchanged (kept as they were, stamped ``verified``)
+        self.n_confirmed = 0
         #: pool images labeled this round: their new boxes are first labels, not fixes
         self.from_pool: set[int] = set()
         self.pool_boxes = 0
@@ -290,30 +251,44 @@ class _Merger:
             old = [json.loads(x) for x in self.old_lines.pop(image_id, [])]
             annotator = corr.annotator or "unknown"
             when = corr.time or self.now
-            new = []
-            for box in corr.boxes:
-                max_id += 1
-                bbox = [float(v) for v in box.bbox]
-                ann = {"id": max_id, "image_id": image_id, "category_id": box.category_id,
-                       "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
-                       "source": "human", "round": self.number, "annotator": annotator,
-                       "time": when}
-                new.append(ann)
+            boxes = [{"bbox": [float(v) for v in b.bbox], "category_id": b.category_id}
+                     for b in corr.boxes]
+            diff = compare(old, boxes)
+            kept: list[dict] = []  # labels the person left as they were: confirmed
+            new = []  # boxes the person drew or changed
+            for j, box in enumerate(boxes):
+                i = diff["unchanged"].get(j)
+                if i is not None:
+                    ann = {**old[i], "verified": {"annotator": annotator, "round": self.number,
+                                                  "time": when}}
+                    kept.append(ann)
+                else:
+                    max_id += 1
+                    bbox = box["bbox"]
+                    ann = {"id": max_id, "image_id": image_id, "category_id": box["category_id"],
+                           "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
+                           "source": "human", "round": self.number, "annotator": annotator,
+                           "time": when}
+                    new.append(ann)
                 yield _line(ann)
+            kept_ids = {a["id"] for a in kept}
+            replaced = [a for a in old if a["id"] not in kept_ids]
             self.n_new += len(new)
-            for ann in old:
+            self.n_confirmed += len(kept)
+            for ann in replaced:
                 src = ann.get("source", "original")
                 self.removed_sources[src] = self.removed_sources.get(src, 0) + 1
             if image_id in self.from_pool:
                 self.pool_boxes += len(new)
             else:
-                for kind, n in classify_changes(old, new).items():
+                for kind, n in diff["counts"].items():
                     self.kinds[kind] += n
             record: dict[str, Any] = {
                 "image_id": image_id, "round": self.number, "time": when,
                 "annotator": annotator, "task_id": corr.task_id,
                 "labeling_annotation_id": corr.annotation_id,
-                "replaced": old, "replaced_by": [a["id"] for a in new], "conflict": False,
+                "replaced": replaced, "replaced_by": [a["id"] for a in new],
+                "confirmed": sorted(kept_ids), "changes": diff["counts"], "conflict": False,
             }
             if corr.superseded:  # the service's other annotations of the task, which lost
                 record["labeling_superseded"] = list(corr.superseded)
@@ -326,7 +301,7 @@ class _Merger:
                     "image_id": image_id, "annotator": annotator,
                     "previous_round": previous.get("round"),
                     "previous_annotator": previous.get("annotator"),
-                    "changed": _box_set(old) != _box_set(new),
+                    "changed": bool(replaced or new),
                 })
             self.history.append(_line(record))
         self.max_id = max_id
@@ -334,10 +309,6 @@ class _Merger:
     def hitl_history(self, items: Iterator[str]) -> Iterator[str]:
         yield from items
         yield from self.history
-
-
-def _box_set(anns: list[dict]) -> list[tuple]:
-    return sorted((a["category_id"], *(round(v, 1) for v in a["bbox"])) for a in anns)
 
 
 class _Source:
@@ -533,7 +504,7 @@ def _report(store: DatasetStore, merger: _Merger, plan: _Plan, corrections: Corr
             version: str, parent: str, round_key: str, now: str, human_weight: float,
             decay: float) -> dict:
     kinds = merger.kinds
-    fixed = {kind: kinds[kind] for kind in _KINDS}
+    fixed = {kind: kinds[kind] for kind in KINDS}
     counts = {
         "corrections": len(corrections.items),
         "images_corrected": len(merger.accepted),
@@ -548,6 +519,7 @@ def _report(store: DatasetStore, merger: _Merger, plan: _Plan, corrections: Corr
         "boxes_unchanged": kinds["unchanged"],
         "pool_boxes_labeled": merger.pool_boxes,
         "human_boxes_written": merger.n_new,
+        "labels_confirmed": merger.n_confirmed,
         "weights_decayed": merger.decayed,
         "fixed_by_kind": fixed,
     }
@@ -555,7 +527,8 @@ def _report(store: DatasetStore, merger: _Merger, plan: _Plan, corrections: Corr
         "dataset": store.name, "version": version, "parent": parent,
         "round": version_number(version), "round_key": round_key, "created": now,
         "human_weight": human_weight, "decay": decay,
-        "rule": "latest round wins; human-over-human conflicts are recorded",
+        "rule": "latest round wins; human-over-human conflicts are recorded; labels "
+                "submitted unchanged are kept as they were and stamped verified",
         "counts": counts,
         "fixed_by_kind": fixed,
         "skipped": merger.seen_skipped,

@@ -22,14 +22,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hitl_plugin.boxes import answer_kind
 from hitl_plugin.exceptions import InvalidResult
 from hitl_plugin.labeling.client import LabelStudioClient, run_filters
-from hitl_plugin.labeling.tasks import hitl_key, region_to_box
+from hitl_plugin.labeling.tasks import ISSUES_NAME, MODEL_NAME, hitl_key, region_to_box
 from hitl_plugin.schemas import (
     ROUND_FILE_SCHEMA,
     Correction,
     Corrections,
     Rejected,
+    SelectedSample,
     SelectionManifest,
 )
 
@@ -64,12 +66,22 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
+def started_from(sample: SelectedSample) -> list[dict]:
+    """The boxes a person starts from: the current labels, or the model's for a pool image."""
+    if sample.split == "train":
+        return [{"bbox": b.bbox, "category_id": b.category_id} for b in sample.labels]
+    return [{"bbox": p.bbox, "category_id": p.category_id} for p in sample.predictions]
+
+
 def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
-                       categories: dict[str, int]) -> Correction | Rejected | None:
+                       categories: dict[str, int],
+                       empty_answer: str = "reject") -> Correction | Rejected | None:
     """Turn one task (with its annotations) into a correction, a rejection, or ``None``.
 
     :param samples: our image id -> :class:`~hitl_plugin.schemas.SelectedSample`.
     :param categories: class name -> our category id.
+    :param empty_answer: ``reject`` or ``no_objects``: what a submission without a box
+        means for an image that had labels (``labeling.empty_answer``).
     :return: ``None`` when the task has no annotation yet.
     """
     task_id = _as_int(task.get("id"))
@@ -103,6 +115,8 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
                         reason=f"annotation {chosen.get('id')}: result is not a list")
     boxes, problems = [], []
     for i, region in enumerate(result):
+        if isinstance(region, dict) and region.get("from_name") in (MODEL_NAME, ISSUES_NAME):
+            continue  # the model's boxes and the suspicions: shown to people, never merged
         try:
             boxes.append(region_to_box(region, width=sample.width, height=sample.height,
                                        categories=categories))
@@ -111,8 +125,14 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
     if problems:
         return Rejected(task_id=task_id, image_id=image_id,
                         reason=f"annotation {chosen.get('id')}: " + "; ".join(problems[:5]))
+    answer = answer_kind(started_from(sample), [b.model_dump() for b in boxes])
+    if answer == "empty" and sample.labels and empty_answer == "reject":
+        return Rejected(task_id=task_id, image_id=image_id, answer="empty",
+                        reason=f"annotation {chosen.get('id')}: empty answer for an image with "
+                        f"{len(sample.labels)} label(s); they are kept (labeling.empty_answer: "
+                        "reject; set no_objects to accept such answers)")
     return Correction(
-        image_id=image_id, status="labeled", task_id=task_id or 0,
+        image_id=image_id, status="labeled", answer=answer, task_id=task_id or 0,
         annotation_id=_as_int(chosen.get("id")), annotator=annotator_of(chosen),
         time=str(chosen.get("updated_at") or chosen.get("created_at") or "") or None,
         boxes=boxes, superseded=others,
@@ -121,7 +141,8 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
 
 def collect_corrections(client: LabelStudioClient, *, project_id: int, dag_id: str, run_id: str,
                         selection: SelectionManifest,
-                        categories: dict[str, int] | None = None) -> Corrections:
+                        categories: dict[str, int] | None = None,
+                        empty_answer: str = "reject") -> Corrections:
     """Read the round's tasks (paginated, filtered by run) and validate their annotations.
 
     :param categories: class name -> our category id (default: the selection's categories).
@@ -134,7 +155,7 @@ def collect_corrections(client: LabelStudioClient, *, project_id: int, dag_id: s
     rejected: list[Rejected] = []
     for task in client.iter_tasks(project_id, run_filters(dag_id, run_id), fields="all"):
         outcome = task_to_correction(task, dag_id=dag_id, run_id=run_id, samples=samples,
-                                     categories=categories)
+                                     categories=categories, empty_answer=empty_answer)
         if outcome is None:
             continue
         if isinstance(outcome, Rejected):

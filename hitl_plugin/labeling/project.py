@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hitl_plugin.exceptions import LabelStudioError
 from hitl_plugin.labeling.client import LabelStudioClient
-from hitl_plugin.labeling.tasks import label_config
+from hitl_plugin.labeling.tasks import INSTRUCTIONS, label_config
 from hitl_plugin.locks import file_lock
 from hitl_plugin.paths import RoundPaths, safe_component
 
@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 _LABEL = re.compile(r"<Label\b[^>]*\bvalue=(\"[^\"]*\"|'[^']*')")
 STORAGE_TITLE = "hitl images"
+#: Project settings of the review: the instructions before labeling, the current labels as
+#: the editable starting annotation (``show_collab_predictions``), Skip offered.
+PROJECT_SETTINGS = {"expert_instruction": INSTRUCTIONS, "show_instruction": True,
+                    "show_collab_predictions": True, "show_skip_button": True}
 
 
 def config_labels(config: str) -> set[str]:
@@ -82,7 +86,7 @@ def _ensure_project(client: LabelStudioClient, *, title: str, class_names: list[
     project = client.find_project(title)
     if project is None:
         created = client.create_project(title, label_config(class_names),
-                                        model_version=model_version)
+                                        model_version=model_version, **PROJECT_SETTINGS)
         project = client.find_project(title) or created
         if project["id"] != created["id"]:
             log.warning("Project %r was created twice; keeping id %s", title, project["id"])
@@ -94,11 +98,15 @@ def _ensure_project(client: LabelStudioClient, *, title: str, class_names: list[
     project_id = int(project["id"])
     if "label_config" not in project or "model_version" not in project:
         project = client.get_project(project_id)
-    missing = [n for n in class_names if n not in config_labels(project.get("label_config"))]
-    if missing:
-        log.info("Adding classes %s to the label config of project %s", missing, project_id)
-        names = sorted(config_labels(project.get("label_config"))) + missing
-        client.update_project(project_id, label_config=label_config(names))
+    have = config_labels(project.get("label_config"))
+    # Our classes first (their colours and keys stay put), then any the project has besides.
+    wanted = label_config(list(class_names) + sorted(have - set(class_names)))
+    if project.get("label_config") != wanted:
+        log.info("Project %s: label config set to this version's view (classes %s)",
+                 project_id, [n for n in class_names if n not in have] or "unchanged")
+        client.update_project(project_id, label_config=wanted)
+    if any(project.get(k) != v for k, v in PROJECT_SETTINGS.items()):
+        client.update_project(project_id, **PROJECT_SETTINGS)
     if not any(str(s.get("path", "")).rstrip(os.sep) == path.rstrip(os.sep)
                for s in client.local_storages(project_id)):
         Path(path).mkdir(parents=True, exist_ok=True)

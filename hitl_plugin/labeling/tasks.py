@@ -1,9 +1,27 @@
-"""Conversions between our samples and Label Studio tasks (pure functions).
+"""Conversions between our samples and Label Studio tasks (pure functions): what a person sees.
 
 A task carries our own key, ``hitl_key = "<dag_id>|<run_id>|<image_id>"``, plus its parts, so
 that results are mapped back through OUR ids and a retried submit finds what it already sent.
 Boxes: COCO pixels ``[x, y, w, h]`` on our side; Label Studio stores percent of the image,
 top-left corner, with ``original_width``/``original_height``.
+
+**The labeling view** (:func:`label_config`, :func:`to_task`; Label Studio 1.23 mechanisms,
+read in its source):
+
+- The editable starting annotation is the prediction whose ``model_version`` is the
+  project's: for a labeled image its **current labels** (region ids ``l<annotation id>``),
+  for a pool image the model's boxes. Submitting it unchanged confirms those labels.
+- The model's boxes are drawn beside them, faint and read-only, under a second control
+  (``model``) that collect ignores, and they are a second prediction set
+  (``<model_version> model``), which the task view lists as a tab to compare with or to
+  duplicate into an editable annotation.
+- Each suspected problem is tied to its box: the box's ``score`` is the suspicion's strength
+  (shown in the Regions list) and a read-only per-region text (``issues``) says what is
+  suspected. A likely missing object is tied to the model's box at that place.
+- ``hitl_reason`` (shown as the task's header, one line per suspicion), ``hitl_score`` and
+  ``hitl_kinds`` are task data: Data Manager columns to sort and filter on.
+- Each class has its own colour and hotkey (1-9, 0); the project's instructions
+  (:data:`INSTRUCTIONS`) say what to do.
 
 Nothing that comes back is trusted: :func:`region_to_box` validates a result region with
 pydantic and raises :class:`InvalidResult` with a short reason.
@@ -19,11 +37,34 @@ from xml.sax.saxutils import quoteattr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hitl_plugin.exceptions import InvalidResult
-from hitl_plugin.schemas import CorrectedBox, SelectedSample
+from hitl_plugin.schemas import CorrectedBox, SelectedSample, Suspicion
 
-#: The control and object tag names of our label config.
+#: The control and object tag names of our label config: ``label`` holds the boxes people
+#: edit, ``model`` the model's boxes (read-only, for comparison), ``issues`` the suspicions.
 FROM_NAME = "label"
+MODEL_NAME = "model"
+ISSUES_NAME = "issues"
 TO_NAME = "image"
+#: Distinct class colours (Sasha Trubetskoy's palette), in category order.
+COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+           "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3")
+#: Keys of the first ten classes (letters are Label Studio's tool shortcuts).
+HOTKEYS = "1234567890"
+#: The project's instructions (shown before labeling and behind the "Instructions" button).
+INSTRUCTIONS = (
+    "<h3>Review the boxes of this image</h3>"
+    "<p>The boxes you start from are the image's <b>current labels</b> (for a new image: the "
+    "model's guesses). The line above the image says why it was chosen; a box with a "
+    "number in the Regions list is suspected, and its text says what looks wrong.</p>"
+    "<ul><li><b>Fix what is wrong</b>: change a class (select the box, press the class "
+    "key), redraw a bad box, delete a box on nothing (select it, Backspace), draw a "
+    "missing one.</li>"
+    "<li><b>Leave what is right</b> as it is: a box you keep is recorded as confirmed.</li>"
+    "<li><b>Submit</b> when the boxes match the image. Submitting nothing on an image that "
+    "had labels is not taken as \"no objects\" unless the pipeline says so.</li>"
+    "<li><b>Skip</b> when you are unsure: the labels stay as they were.</li></ul>"
+    "<p>The faint boxes are the model's, for comparison only; the task view also lists "
+    "them as a tab you can duplicate.</p>")
 #: How far (percent of the image side) a box may stick out and still be accepted (then clipped).
 TOLERANCE_PCT = 0.5
 
@@ -33,14 +74,31 @@ def hitl_key(dag_id: str, run_id: str, image_id: int) -> str:
     return f"{dag_id}|{run_id}|{int(image_id)}"
 
 
+def _quote(value: str) -> str:
+    return quoteattr(str(value))
+
+
 def label_config(class_names: list[str] | tuple[str, ...]) -> str:
-    """The project's label config: one image, rectangle labels for each class."""
+    """The project's label config: the reason, the image, the editable boxes (a colour and a
+    hotkey per class), the model's boxes (read-only) and the per-box suspicions."""
     if not class_names:
         raise ValueError("label_config needs at least one class name")
-    labels = "".join(f"<Label value={quoteattr(str(name))}/>" for name in class_names)
-    return (f'<View><Image name="{TO_NAME}" value="$image"/>'
-            f'<RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">{labels}'
-            f"</RectangleLabels></View>")
+    labels, model = [], []
+    for i, name in enumerate(class_names):
+        colour = COLOURS[i % len(COLOURS)]
+        key = f' hotkey="{HOTKEYS[i]}"' if i < len(HOTKEYS) else ""
+        labels.append(f"<Label value={_quote(name)} background={_quote(colour)}{key}/>")
+        # explicit keys nobody presses: Label Studio would give unkeyed labels 1, 2, ...
+        model.append(f"<Label value={_quote(name)} background={_quote(colour)} "
+                     f'hotkey="ctrl+alt+shift+{HOTKEYS[i % len(HOTKEYS)]}"/>')
+    return (f'<View><Header value="$hitl_reason" size="5" style="white-space: pre-wrap"/>'
+            f'<Image name="{TO_NAME}" value="$image"/>'
+            f'<RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">{"".join(labels)}'
+            f"</RectangleLabels>"
+            f'<RectangleLabels name="{MODEL_NAME}" toName="{TO_NAME}" opacity="0.25" '
+            f'strokeWidth="1">{"".join(model)}</RectangleLabels>'
+            f'<TextArea name="{ISSUES_NAME}" toName="{TO_NAME}" perRegion="true" '
+            f'displayMode="region-list" rows="1"/></View>')
 
 
 def image_url(file_name: str) -> str:
@@ -48,33 +106,46 @@ def image_url(file_name: str) -> str:
     return "/data/local-files/?d=" + quote(f"images/{file_name}", safe="/")
 
 
+def suspicion_text(s: Suspicion, names: dict[int, str]) -> str:
+    """What one suspicion says to a person, with its strength."""
+    label = names.get(s.label_category_id, "?") if s.label_category_id is not None else "?"
+    pred = names.get(s.pred_category_id, "?") if s.pred_category_id is not None else "?"
+    if s.kind == "class_swap":
+        text = f"class swap? this {label} looks like a {pred}"
+    elif s.kind == "bad_box":
+        text = f"bad box? this {label} box looks off (overlap {s.iou or 0:.2f} with the model's)"
+    elif s.kind == "spurious":
+        text = f"spurious? the model sees no {label} here"
+    else:
+        text = f"missing? the model sees a {pred} here that has no label"
+    return f"{text} ({s.score:.2f})"
+
+
 def reason_text(sample: SelectedSample, names: dict[int, str]) -> str:
-    """A short text telling the annotator why this image was chosen."""
+    """Why this image was chosen, for the task's header: one line per suspicion."""
     if sample.reason == "label_error" and sample.suspicions:
-        parts = []
-        for s in sample.suspicions[:3]:
-            cls = s.label_category_id if s.label_category_id is not None else s.pred_category_id
-            what = names.get(cls, "?") if cls is not None else "?"
-            if s.kind == "class_swap" and s.pred_category_id is not None:
-                what = f"{names.get(s.label_category_id, '?')}->{names.get(s.pred_category_id)}"
-            parts.append(f"{s.kind.replace('_', ' ')} ({what}, {s.score:.2f})")
-        more = f" +{len(sample.suspicions) - 3} more" if len(sample.suspicions) > 3 else ""
-        return f"suspected label errors: {', '.join(parts)}{more}"
+        lines = [f"Suspected label errors ({len(sample.suspicions)}):"]
+        lines += [f"- {suspicion_text(s, names)}" for s in sample.suspicions[:5]]
+        if len(sample.suspicions) > 5:
+            lines.append(f"- ... {len(sample.suspicions) - 5} more (numbers in the Regions list)")
+        return "\n".join(lines)
     if sample.reason == "uncertainty":
-        return f"model uncertain (score {sample.score:.3f})"
+        return (f"A new image the model is unsure about (uncertainty {sample.score:.3f}): "
+                "correct its boxes.")
     if sample.reason == "audit":
-        return "random audit sample"
+        return "A random audit sample: check every box."
     if sample.reason == "quota":
-        return f"class quota (score {sample.score:.3f})"
+        return f"Chosen for its class (score {sample.score:.3f}): check every box."
     return f"{sample.reason} (score {sample.score:.3f})"
 
 
 def box_to_region(bbox: list[float], label: str, width: int, height: int, *,
-                  score: float | None = None, region_id: str | None = None) -> dict:
+                  score: float | None = None, region_id: str | None = None,
+                  from_name: str = FROM_NAME) -> dict:
     """A COCO pixel box as a RectangleLabels region (percent, top-left)."""
     x, y, w, h = (float(v) for v in bbox)
     region: dict[str, Any] = {
-        "from_name": FROM_NAME, "to_name": TO_NAME, "type": "rectanglelabels",
+        "from_name": from_name, "to_name": TO_NAME, "type": "rectanglelabels",
         "original_width": int(width), "original_height": int(height), "image_rotation": 0,
         "value": {"x": 100.0 * x / width, "y": 100.0 * y / height,
                   "width": 100.0 * w / width, "height": 100.0 * h / height,
@@ -87,20 +158,58 @@ def box_to_region(bbox: list[float], label: str, width: int, height: int, *,
     return region
 
 
+def _label_id(ann_id: int) -> str:
+    return f"l{int(ann_id)}"
+
+
 def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: str,
             names: dict[int, str], batch: str | None = None) -> dict:
-    """One selected sample as a Label Studio task, with the model's boxes as predictions.
+    """One selected sample as a Label Studio task (see the module docstring for the view).
 
+    :param model_version: the model behind the predictions; the prediction with this version
+        (the project's) is the editable starting annotation.
     :param names: category id -> class name (the label values of the project).
     :param batch: the submit batch, ``"<start>-<stop>"`` (``data.hitl_batch``), which lets a
         retried submit find its earlier tasks with one narrow query.
     """
-    result = []
-    for i, pred in enumerate(sample.predictions):
-        if pred.category_id not in names:
-            continue  # a class the project does not know cannot be shown
-        result.append(box_to_region(pred.bbox, names[pred.category_id], sample.width,
-                                    sample.height, score=pred.score, region_id=f"p{i}"))
+    w, h = sample.width, sample.height
+    model = [(i, p) for i, p in enumerate(sample.predictions) if p.category_id in names]
+    issues: dict[str, list[tuple[float, str]]] = {}  # region id -> (strength, text)
+    for s in sample.suspicions:
+        if s.label_ann_id is not None and s.kind != "missing":
+            target = _label_id(s.label_ann_id)
+        else:  # a place without a label: the model's box there
+            target = next((f"m{i}" for i, p in model if p.bbox == s.pred_bbox), None)
+        if target is not None:
+            issues.setdefault(target, []).append((s.score, suspicion_text(s, names)))
+
+    def region(rid: str, bbox: list[float], category_id: int, control: str,
+               score: float | None = None) -> list[dict]:
+        found = issues.get(rid)
+        if found:
+            score = max(v for v, _ in found)
+        out = [box_to_region(bbox, names[category_id], w, h, score=score, region_id=rid,
+                             from_name=control)]
+        if found:  # the per-region text: same id and geometry as the box, read-only
+            geometry = {k: v for k, v in out[0]["value"].items() if k != "rectanglelabels"}
+            out.append({"id": rid, "from_name": ISSUES_NAME, "to_name": TO_NAME,
+                        "type": "textarea", "readonly": True,
+                        "original_width": int(w), "original_height": int(h),
+                        "image_rotation": 0,
+                        "value": {**geometry,
+                                  "text": [t for _, t in sorted(found, reverse=True)]}})
+        return out
+
+    if sample.split == "train":
+        start = [r for lab in sample.labels if lab.category_id in names
+                 for r in region(_label_id(lab.id), lab.bbox, lab.category_id, FROM_NAME)]
+        faint = [r for i, p in model
+                 for r in region(f"m{i}", p.bbox, p.category_id, MODEL_NAME, p.score)]
+    else:  # a new image: people start from the model's boxes
+        start = [r for i, p in model
+                 for r in region(f"m{i}", p.bbox, p.category_id, FROM_NAME, p.score)]
+        faint = []
+    kinds = sorted({s.kind for s in sample.suspicions})
     data = {
         "image": image_url(sample.file_name),
         "hitl_key": hitl_key(dag_id, run_id, sample.image_id),
@@ -109,13 +218,21 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
         "hitl_image_id": int(sample.image_id),
         "hitl_reason": reason_text(sample, names),
         "hitl_split": sample.split,
+        "hitl_selected_as": sample.reason,
+        "hitl_score": round(float(sample.score), 4),
+        "hitl_kinds": ",".join(kinds),
     }
     if batch is not None:
         data["hitl_batch"] = batch
-    task: dict[str, Any] = {"data": data}
-    task["predictions"] = [{"model_version": model_version, "score": float(sample.score),
-                            "result": result}]
-    return task
+    predictions = [{"model_version": model_version, "score": float(sample.score),
+                    "result": start + faint}]
+    if sample.split == "train" and model:
+        predictions.append({"model_version": f"{model_version} model", "score":
+                            float(sample.score), "result": [
+                                box_to_region(p.bbox, names[p.category_id], w, h,
+                                              score=p.score, region_id=f"p{i}")
+                                for i, p in model]})
+    return {"data": data, "predictions": predictions}
 
 
 class _Value(BaseModel):
@@ -168,6 +285,8 @@ def region_to_box(region: Any, *, width: int, height: int, categories: dict[str,
         parsed = _Region.model_validate(region)
     except ValidationError as exc:
         raise InvalidResult(f"malformed region: {_first_error(exc)}") from None
+    if parsed.from_name != FROM_NAME:
+        raise InvalidResult(f"region of an unknown control {parsed.from_name[:40]!r}")
     v = parsed.value
     label = v.rectanglelabels[0]
     if label not in categories:

@@ -48,6 +48,7 @@ from hitl_plugin.schemas import (
     Batch,
     Category,
     ImageScore,
+    LabelBox,
     SelectedSample,
     SelectionManifest,
 )
@@ -120,8 +121,10 @@ def select_samples(
     rng = random.Random(seed)
     images = {img["id"]: img for img in coco["images"]}
     label_classes: dict[int, set[int]] = {}
+    labels: dict[int, list[dict]] = {}
     for ann in coco.get("annotations", []):
         label_classes.setdefault(ann["image_id"], set()).add(ann["category_id"])
+        labels.setdefault(ann["image_id"], []).append(ann)
     name_to_id = {c["name"]: c["id"] for c in coco["categories"]}
     unknown = sorted(set(selection.per_class_quota) - set(name_to_id))
     if unknown:
@@ -195,7 +198,9 @@ def select_samples(
         items.append(SelectedSample(
             image_id=r.image_id, file_name=img["file_name"], width=int(img["width"]),
             height=int(img["height"]), split=r.split, reason=reason, score=round(score, 6),
-            suspicions=rec.suspicions, predictions=rec.predictions))
+            suspicions=rec.suspicions, predictions=rec.predictions,
+            labels=[LabelBox(id=a["id"], bbox=[float(v) for v in a["bbox"]],
+                             category_id=a["category_id"]) for a in labels.get(r.image_id, [])]))
     manifest = SelectionManifest(
         schema_version=ROUND_FILE_SCHEMA, dag_id=dag_id, run_id=run_id, dataset=dataset,
         version=version, model_version=model_version,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hitl_plugin.boxes import compare
 from hitl_plugin.dataset import merge as merge_mod
 from hitl_plugin.dataset.merge import merge_corrections
 from hitl_plugin.dataset.store import DatasetStore, coco_counts
@@ -199,7 +200,7 @@ def test_crash_inside_the_writer_leaves_nothing(store, monkeypatch):
     def boom(old, new):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(merge_mod, "classify_changes", boom)  # runs mid-file
+    monkeypatch.setattr(merge_mod, "compare", boom)  # runs mid-file
     with pytest.raises(RuntimeError, match="disk full"):
         _merge(store, "v0001", [_lab(1, [(1, [1, 1, 5, 5])])])
     assert store.versions() == ["v0001"] and store.latest() == "v0001"
@@ -303,19 +304,33 @@ def naive_merge(parent: dict, corrections: Corrections, *, number, human_weight,
     history = coco.setdefault("hitl_history", [])
     for i in sorted(accepted):
         c = accepted[i]
-        new = []
-        for b in c.boxes:
-            bbox = [float(v) for v in b.bbox]
-            new.append({"id": next_id, "image_id": i, "category_id": b.category_id,
-                        "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
-                        "source": "human", "round": number,
-                        "annotator": c.annotator or "unknown", "time": c.time or now})
-            next_id += 1
-        coco["annotations"] += new
+        boxes = [{"bbox": [float(v) for v in b.bbox], "category_id": b.category_id}
+                 for b in c.boxes]
+        diff = compare(old[i], boxes)  # the one rule of "left unchanged" (tests/test_boxes.py)
+        written, new, kept = [], [], []
+        for j, box in enumerate(boxes):
+            if j in diff["unchanged"]:
+                ann = {**old[i][diff["unchanged"][j]],
+                       "verified": {"annotator": c.annotator or "unknown", "round": number,
+                                    "time": c.time or now}}
+                kept.append(ann)
+            else:
+                bbox = box["bbox"]
+                ann = {"id": next_id, "image_id": i, "category_id": box["category_id"],
+                       "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
+                       "source": "human", "round": number,
+                       "annotator": c.annotator or "unknown", "time": c.time or now}
+                next_id += 1
+                new.append(ann)
+            written.append(ann)
+        coco["annotations"] += written
+        kept_ids = {a["id"] for a in kept}
         record = {"image_id": i, "round": number, "time": c.time or now,
                   "annotator": c.annotator or "unknown", "task_id": c.task_id,
-                  "labeling_annotation_id": c.annotation_id, "replaced": old[i],
-                  "replaced_by": [a["id"] for a in new], "conflict": False}
+                  "labeling_annotation_id": c.annotation_id,
+                  "replaced": [a for a in old[i] if a["id"] not in kept_ids],
+                  "replaced_by": [a["id"] for a in new], "confirmed": sorted(kept_ids),
+                  "changes": diff["counts"], "conflict": False}
         if c.superseded:
             record["labeling_superseded"] = c.superseded
         human = [a for a in old[i] if a.get("source") == "human"]
@@ -418,7 +433,7 @@ def test_kill_9_mid_merge_leaves_latest_and_a_retry_publishes_once(store, tmp_pa
         def die(old, new):  # half of the annotations are written by now
             os.kill(os.getpid(), signal.SIGKILL)
 
-        merge.classify_changes = die
+        merge.compare = die
         merge.merge_corrections(
             DatasetStore({str(store.layout.root)!r}, "shapes"), base_version="v0001",
             corrections=Corrections.model_validate_json(open({str(path)!r}).read()),

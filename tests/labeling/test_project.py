@@ -18,9 +18,12 @@ class _Client:
         self.root = str(images_root)
 
     def find_project(self, title):
+        from hitl_plugin.labeling.project import PROJECT_SETTINGS
+        from hitl_plugin.labeling.tasks import label_config
+
         self.calls += 1
-        return {"id": 7, "label_config": '<Label value="a"/><Label value="b"/>',
-                "model_version": "m1"}
+        return {"id": 7, "label_config": label_config(["a", "b"]), "model_version": "m1",
+                **PROJECT_SETTINGS}
 
     def local_storages(self, project_id):
         self.calls += 1
