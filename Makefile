@@ -10,9 +10,16 @@ export HITL_HOME ?= $(CURDIR)/.hitl
 # `make demo HUMAN=1`: wait for a person to label in Label Studio instead of the simulator.
 export HUMAN
 
-.PHONY: setup demo test test-unit test-integration lint stop base-checkpoint clean
+.PHONY: setup browser demo test test-unit test-integration lint stop base-checkpoint clean
 
-setup: $(STAMP) $(LSSTAMP)
+setup: $(STAMP) $(LSSTAMP) browser
+
+# Debian's Chromium for the browser tests (what a labeler sees); Playwright drives it through
+# executable_path, so no browser is ever downloaded. Needs root (CI and these machines are).
+browser:
+	@command -v chromium >/dev/null || { echo "[setup] installing Debian's chromium"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/tmp/hitl-apt-chromium.log 2>&1 || { tail -20 /tmp/hitl-apt-chromium.log; exit 1; }; }
 
 # Reinstalls only when pyproject.toml changed; otherwise setup takes well under a second.
 $(STAMP): pyproject.toml

@@ -95,8 +95,10 @@ def label_config(class_names: list[str] | tuple[str, ...]) -> str:
             f'<Image name="{TO_NAME}" value="$image"/>'
             f'<RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">{"".join(labels)}'
             f"</RectangleLabels>"
-            f'<RectangleLabels name="{MODEL_NAME}" toName="{TO_NAME}" opacity="0.25" '
-            f'strokeWidth="1">{"".join(model)}</RectangleLabels>'
+            # the model's labels are for its boxes only: no chips under the image
+            f'<View style="display: none"><RectangleLabels name="{MODEL_NAME}" '
+            f'toName="{TO_NAME}" opacity="0.25" strokeWidth="1">{"".join(model)}'
+            f"</RectangleLabels></View>"
             f'<TextArea name="{ISSUES_NAME}" toName="{TO_NAME}" perRegion="true" '
             f'displayMode="region-list" rows="1"/></View>')
 
