@@ -1,11 +1,22 @@
 """SIMULATED annotators: ``hitl annotate-sim``.
 
-This is not a person. It plays a labeling workforce for demos and tests: it lists the open
-(not yet annotated) tasks of a Label Studio project through the same REST API the Label Studio
-UI uses, and answers each with the TRUE boxes of that task's image, read from a COCO "truth"
-file, with mistakes at a chosen rate (a missed box, a wrong class or a jittered box) and a
-chosen delay per task. Every submission is written to a JSON log so that tests can compare
-what Label Studio holds with what was sent.
+This is not a person. It plays a labeling workforce for demos, tests and benchmarks, and it
+behaves like a person in the labeling view: it lists the open tasks of a Label Studio project
+through the same REST API the Label Studio UI uses, starts from the annotation the view
+pre-fills (the prediction with the project's ``model_version``: an image's current labels,
+or the model's boxes for a new image), looks at the image (its TRUE boxes, read from a COCO
+"truth" file: the simulator's eyes) and edits the starting boxes towards it: it keeps what
+is right, fixes a wrong class, redraws a bad box, deletes a box on nothing and draws a missing
+one. It makes seeded mistakes at a chosen rate, each recorded: an error overlooked
+(``missed``), a wrong class picked (``wrong_class``), a sloppy box (``jitter``); and it skips
+some tasks. It posts the whole annotation the view would post (the model's read-only boxes
+and the suspicion texts included).
+
+Behaviours (``behaviour=``): ``review`` (the above), ``accept_all`` (submits every starting
+annotation unchanged: a careless person), ``truth`` (ignores the starting annotation and
+draws the truth from scratch, with the same mistakes: the simulator of earlier versions).
+Every submission is written to a JSON log so that tests can compare what Label Studio holds
+with what was sent.
 
 A task is mapped to its truth through its data key ``hitl_image_id`` (our own image id, put
 there by the submit operator) or ``image_id``. Plain Python: no Airflow import.
@@ -30,6 +41,13 @@ import requests
 log = logging.getLogger(__name__)
 
 MISTAKE_KINDS = ("missed", "wrong_class", "jitter")
+BEHAVIOURS = ("review", "accept_all", "truth")
+#: The editable control of the review view (hitl_plugin.labeling.tasks.FROM_NAME).
+EDITABLE = "label"
+#: A starting box overlapping a true box this much is "that object"; above GOOD_IOU it is
+#: drawn well enough to keep.
+MATCH_IOU = 0.5
+GOOD_IOU = 0.75
 PAGE_SIZE = 100
 
 
@@ -129,6 +147,99 @@ def plan_annotation(image: dict, truth_boxes: list[dict], categories: dict[int, 
     return boxes, mistakes
 
 
+def plan_review(image: dict, start: list[dict], truth_boxes: list[dict],
+                categories: dict[int, str], rng: random.Random,
+                accuracy: float) -> tuple[list[dict], list[dict], list[dict], Counter]:
+    """Edit a starting annotation towards the truth, as a person with ``accuracy`` would.
+
+    :param start: the editable regions the view pre-fills (Label Studio result items).
+    :return: ``(regions, boxes, mistakes, actions)``: the editable regions to submit, the
+        boxes they stand for (``{"bbox", "category", "truth_id"}``), the mistakes made, and
+        what was done (``kept``, ``relabeled``, ``redrawn``, ``deleted``, ``added`` and
+        ``overlooked``). A right box is kept untouched (the same region, so the same
+        coordinates); each fix is a chance to slip (``1 - accuracy``).
+    """
+    from hitl_plugin.boxes import iou
+
+    width, height = int(image["width"]), int(image["height"])
+    names = sorted(set(categories.values()))
+    truth = [([float(v) for v in t["bbox"]], categories[int(t["category_id"])], t.get("id"))
+             for t in truth_boxes]
+    have = [from_rectangle(r) for r in start]
+    pairs = sorted(((iou(b, t[0]), i, j) for i, (b, _) in enumerate(have)
+                    for j, t in enumerate(truth)), reverse=True)
+    match: dict[int, int] = {}
+    for overlap, i, j in pairs:
+        if overlap < MATCH_IOU:
+            break
+        if i not in match and j not in match.values():
+            match[i] = j
+    regions, boxes, mistakes, actions = [], [], [], Counter()
+
+    def slip(kinds: tuple[str, ...], what: str, truth_box) -> str | None:
+        if rng.random() >= 1.0 - accuracy:
+            return None
+        kinds = tuple(k for k in kinds if k != "wrong_class" or len(names) > 1)
+        kind = rng.choice(kinds)
+        mistakes.append({"kind": kind, "while": what, "truth_id": truth_box[2] if truth_box
+                         else None, "truth_bbox": truth_box[0] if truth_box else None,
+                         "truth_category": truth_box[1] if truth_box else None})
+        return kind
+
+    def emit(region: dict, bbox: list[float], label: str, truth_id) -> None:
+        regions.append(region)
+        boxes.append({"bbox": bbox, "category": label, "truth_id": truth_id})
+
+    def drawn(bbox: list[float], label: str, kind: str | None) -> tuple[list[float], str]:
+        if kind == "wrong_class":
+            label = rng.choice([n for n in names if n != label])
+        elif kind == "jitter":
+            bbox = _jitter(bbox, width, height, rng)
+        return bbox, label
+
+    for i, (region, (bbox, label)) in enumerate(zip(start, have)):
+        j = match.get(i)
+        if j is None:  # a box on nothing
+            if slip(("missed",), "deleting a spurious box", None):
+                actions["overlooked"] += 1
+                emit(region, bbox, label, None)
+            else:
+                actions["deleted"] += 1
+            continue
+        t_bbox, t_label, t_id = truth[j]
+        if label == t_label and iou(bbox, t_bbox) >= GOOD_IOU:
+            actions["kept"] += 1
+            emit(region, bbox, label, t_id)
+            continue
+        relabel = label != t_label
+        kind = slip(("missed", "wrong_class", "jitter"),
+                    "fixing a class" if relabel else "redrawing a box", truth[j])
+        if kind == "missed":
+            actions["overlooked"] += 1
+            emit(region, bbox, label, t_id)
+            continue
+        new_bbox, new_label = drawn(bbox if relabel else t_bbox, t_label, kind)
+        if kind == "wrong_class" and new_label == label:
+            new_label = t_label  # a slip never lands back on the old error
+        edited = {**region, "value": {**region["value"], "rectanglelabels": [new_label]}}
+        if not relabel or kind == "jitter":
+            edited = {**to_rectangle(new_bbox, new_label, width, height, rng),
+                      "id": region.get("id") or _region_id(rng)}
+        actions["relabeled" if relabel else "redrawn"] += 1
+        emit(edited, new_bbox, new_label, t_id)
+    for j, (t_bbox, t_label, t_id) in enumerate(truth):
+        if j in match.values():
+            continue
+        kind = slip(("missed", "wrong_class", "jitter"), "drawing a missing box", truth[j])
+        if kind == "missed":
+            actions["overlooked"] += 1
+            continue
+        bbox, label = drawn(t_bbox, t_label, kind)
+        actions["added"] += 1
+        emit(to_rectangle(bbox, label, width, height, rng), bbox, label, t_id)
+    return regions, boxes, mistakes, actions
+
+
 class _Client:
     """The few Label Studio calls the simulated annotators make (plain HTTP)."""
 
@@ -179,6 +290,21 @@ class _Client:
         return [t for t in found if not t.get("total_annotations")
                 and not t.get("cancelled_annotations")]
 
+    def task(self, task_id: int) -> dict:
+        """One task with its predictions (what the labeling view loads)."""
+        response = self.session.get(f"{self.url}/api/tasks/{int(task_id)}/", timeout=60)
+        if response.status_code >= 400:
+            raise SimulatorError(f"reading task {task_id}: HTTP {response.status_code}: "
+                                 f"{response.text[:300]}")
+        return response.json()
+
+    def model_version(self, project: int) -> str | None:
+        response = self.session.get(f"{self.url}/api/projects/{int(project)}/", timeout=60)
+        if response.status_code >= 400:
+            raise SimulatorError(f"reading project {project}: HTTP {response.status_code}: "
+                                 f"{response.text[:300]}")
+        return response.json().get("model_version") or None
+
     def annotate(self, task_id: int, result: list[dict], *, cancelled: bool,
                  lead_time: float) -> dict:
         response = self.session.post(
@@ -209,6 +335,7 @@ def simulate(
     max_tasks: int | None = None,
     poll: float = 1.0,
     log_path: Path | str | None = None,
+    behaviour: str = "review",
 ) -> dict:
     """Label a project's open tasks as a SIMULATED workforce; return a summary with every entry.
 
@@ -228,6 +355,8 @@ def simulate(
     :param max_tasks: stop after this many tasks.
     :param poll: seconds between polls with ``until_empty``.
     :param log_path: write the summary JSON there too.
+    :param behaviour: ``review`` (edit the pre-filled annotation towards the truth),
+        ``accept_all`` (submit it unchanged) or ``truth`` (draw the truth from scratch).
     :return: ``{"simulated": True, "project", "tasks_seen", "annotated", "skipped",
         "boxes_truth", "boxes_submitted", "mistakes": {kind: n}, "errors", "timed_out",
         "elapsed_s", "entries": [...]}``; an entry is ``{"task_id", "image_id",
@@ -238,6 +367,8 @@ def simulate(
         raise ValueError("accuracy and skip_rate must be within [0, 1]")
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {BEHAVIOURS}, got {behaviour!r}")
     images, truth_boxes, categories = _truth_index(truth)
     client = _Client(url, token)
     stop = stop_event or threading.Event()
@@ -248,6 +379,7 @@ def simulate(
     claimed: set[int] = set()
     lock = threading.Lock()
     work: queue.Queue[dict | None] = queue.Queue()
+    state: dict = {"model_version": None}
     log.info("SIMULATED annotators (%s worker(s), accuracy %.2f, latency %.1f s) labeling "
              "project %s at %s", workers, accuracy, latency, project, client.url)
 
@@ -269,12 +401,37 @@ def simulate(
         delay = latency * rng.uniform(0.5, 1.5) if latency > 0 else 0.0
         skipped = rng.random() < skip_rate
         image = images[image_id]
-        boxes, mistakes = ([], []) if skipped else plan_annotation(
-            image, truth_boxes.get(image_id, []), categories, rng, accuracy)
+        # what the labeling view shows: the prediction with the project's model version
+        shown = next((p.get("result") or [] for p in client.task(task_id).get("predictions")
+                      or [] if p.get("model_version") == state["model_version"]), [])
+        start = [r for r in shown if r.get("from_name", EDITABLE) == EDITABLE
+                 and r.get("type") == "rectanglelabels"]
+        actions: Counter = Counter()
+        if skipped:
+            regions, boxes, mistakes = [], [], []
+        elif behaviour == "accept_all":
+            regions, mistakes = start, []
+            boxes = [{"bbox": b, "category": c, "truth_id": None}
+                     for b, c in map(from_rectangle, start)]
+            actions["kept"] = len(start)
+        elif behaviour == "review":
+            regions, boxes, mistakes, actions = plan_review(
+                image, start, truth_boxes.get(image_id, []), categories, rng, accuracy)
+        else:
+            boxes, mistakes = plan_annotation(image, truth_boxes.get(image_id, []),
+                                              categories, rng, accuracy)
+            regions = [to_rectangle(b["bbox"], b["category"], int(image["width"]),
+                                    int(image["height"]), rng) for b in boxes]
         if delay and stop.wait(min(delay, max(0.0, deadline - time.monotonic()))):
             return
-        result = [to_rectangle(b["bbox"], b["category"], int(image["width"]),
-                               int(image["height"]), rng) for b in boxes]
+        # the view posts the whole annotation: the read-only model boxes and the texts of
+        # the boxes still there come along
+        kept_ids = {r.get("id") for r in regions}
+        others = [] if behaviour == "truth" or skipped else [
+            r for r in shown if r.get("from_name", EDITABLE) != EDITABLE
+            and (r.get("type") != "textarea" or r.get("id") in kept_ids
+                 or not str(r.get("id", "")).startswith("l"))]
+        result = regions + others
         try:
             created = client.annotate(task_id, result, cancelled=skipped, lead_time=delay)
         except (SimulatorError, requests.RequestException) as exc:
@@ -284,6 +441,7 @@ def simulate(
             return
         entry = {"task_id": task_id, "image_id": image_id, "annotation_id": created.get("id"),
                  "skipped": skipped, "boxes": boxes, "mistakes": mistakes,
+                 "actions": dict(actions), "started_from": len(start),
                  "delay_s": round(delay, 3)}
         with lock:
             entries.append(entry)
@@ -318,6 +476,8 @@ def simulate(
                 timed_out = True
                 break
             open_tasks = [t for t in client.open_tasks(project) if int(t["id"]) not in claimed]
+            if open_tasks:
+                state["model_version"] = client.model_version(project)
             if max_tasks is not None:
                 open_tasks = open_tasks[: max(0, max_tasks - len(claimed))]
             for task in open_tasks:
@@ -352,6 +512,8 @@ def simulate(
                            if not e["skipped"]),
         "boxes_submitted": sum(len(e["boxes"]) for e in entries),
         "mistakes": {kind: mistakes.get(kind, 0) for kind in MISTAKE_KINDS},
+        "behaviour": behaviour,
+        "actions": dict(sum((Counter(e.get("actions", {})) for e in entries), Counter())),
         "errors": errors,
         "timed_out": timed_out,
         "elapsed_s": round(time.monotonic() - began, 3),
@@ -390,6 +552,9 @@ def main(argv: list[str] | None = None, prog: str = "hitl annotate-sim") -> int:
     parser.add_argument("--max-tasks", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--log", type=Path, default=None, help="write every submission here")
+    parser.add_argument("--behaviour", choices=BEHAVIOURS, default="review",
+                        help="review: edit the pre-filled boxes towards the truth (default); "
+                        "accept_all: submit them unchanged; truth: draw the truth from scratch")
     args = parser.parse_args(argv)
     if args.token is None:
         from hitl_dev.labelstudio import default_token
@@ -401,7 +566,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl annotate-sim") -> int:
             args.url, args.token, args.project, truth, accuracy=args.accuracy,
             latency=args.latency, workers=args.workers, until_empty=args.until_empty,
             seed=args.seed, skip_rate=args.skip_rate, timeout=args.timeout,
-            max_tasks=args.max_tasks, log_path=args.log,
+            max_tasks=args.max_tasks, log_path=args.log, behaviour=args.behaviour,
         )
     except (SimulatorError, requests.RequestException) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

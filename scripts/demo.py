@@ -67,6 +67,53 @@ def _wrong_images(coco: dict, truth: dict, iou_min: float = 0.75) -> set[int]:
     return wrong
 
 
+def review_against_truth(base: dict, new: dict, truth: dict, image_ids: set[int],
+                         iou_min: float = 0.75) -> dict:
+    """What a round's answers did to the labeled images it touched, checked against the
+    synthetic truth: label errors by kind before and after (an error is a true box with no
+    label of its class at IoU >= iou_min: ``missing``, or one labeled with another class:
+    ``class_swap``, or only a loose box: ``bad_box``; a label on nothing: ``spurious``), and
+    the correct labels (right class, IoU >= iou_min) of ``base`` that the round removed."""
+    from hitl_plugin.boxes import iou
+
+    def by_image(data: dict) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        for a in data["annotations"]:
+            if a["image_id"] in image_ids:
+                out.setdefault(a["image_id"], []).append(a)
+        return out
+
+    def errors(labels: dict[int, list[dict]]) -> dict[str, int]:
+        counts = dict.fromkeys(("missing", "spurious", "class_swap", "bad_box"), 0)
+        for image_id in image_ids:
+            mine, true = list(labels.get(image_id, [])), want.get(image_id, [])
+            for t in true:
+                best = max(mine, key=lambda m: iou(m["bbox"], t["bbox"]), default=None)
+                overlap = iou(best["bbox"], t["bbox"]) if best else 0.0
+                if best is None or overlap < 0.5:
+                    counts["missing"] += 1
+                    continue
+                mine.remove(best)
+                if best["category_id"] != t["category_id"]:
+                    counts["class_swap"] += 1
+                elif overlap < iou_min:
+                    counts["bad_box"] += 1
+            counts["spurious"] += len(mine)
+        return counts
+
+    want = by_image(truth)
+    old, now = by_image(base), by_image(new)
+    correct = [a for i, anns in old.items() for a in anns
+               if any(t["category_id"] == a["category_id"] and iou(t["bbox"], a["bbox"])
+                      >= iou_min for t in want.get(i, []))]
+    still = {a["id"] for anns in now.values() for a in anns}
+    before, after = errors(old), errors(now)
+    return {"errors_before": before, "errors_after": after,
+            "fixed": {k: before[k] - after[k] for k in before},
+            "correct_labels": len(correct),
+            "correct_labels_removed": sum(1 for a in correct if a["id"] not in still)}
+
+
 def _find_project(url: str, token: str, title: str) -> int | None:
     import requests
 
@@ -88,7 +135,8 @@ def _annotators(url: str, token: str, title: str, truth: dict, done: threading.E
         done.wait(2)
     while not done.is_set():
         result = simulate(url, token, project, truth, accuracy=0.95, latency=0.2, workers=2,
-                          until_empty=True, seed=1, timeout=30, stop_event=done)
+                          until_empty=True, seed=1, timeout=30, stop_event=done,
+                          behaviour=os.environ.get("HITL_SIM_BEHAVIOUR", "review"))
         if result.get("annotated") or result.get("skipped"):
             print(f"    [simulated annotators] labeled {result['annotated']} tasks, "
                   f"skipped {result['skipped']}",
@@ -180,6 +228,18 @@ def main() -> int:
     print(f"  checked against the synthetic truth: of the {len(labeled)} labeled images, "
           f"{len(before)} had wrong labels in {rep['base_version']}, {len(after)} in "
           f"{rep['new_version']}")
+    corrections = json.loads(Layout.at(home).round(DAG_ID, run_id).corrections.read_text())
+    reviewed = {c["image_id"] for c in corrections["items"]
+                if c["status"] == "labeled"} & labeled
+    check = review_against_truth(base, store.load(rep["new_version"]), truth, reviewed)
+    fixed = sum(check["fixed"].values())
+    removed = check["correct_labels_removed"]
+    print(f"  on the {len(reviewed)} labeled images people reviewed: label errors fixed "
+          f"{fixed} (" + ", ".join(f"{n} {k}" for k, n in sorted(check["fixed"].items()))
+          + f"); labels confirmed {rep.get('labels_confirmed', 0)}; correct labels wrongly "
+          f"removed {removed} of {check['correct_labels']}"
+          + (f" ({100 * removed / fixed:.1f} % of the fixes)" if fixed else ""))
+    (home / "demo-review.json").write_text(json.dumps({"run_id": run_id, **check}, indent=1))
     cost = api.task_durations(DAG_ID, run_id)
     print("  task durations (s): " + ", ".join(f"{k} {v}" for k, v in cost["durations"].items()))
     print(f"  overhead (every task but the trainings and the wait): {cost['overhead_s']} s = "

@@ -137,25 +137,28 @@ def test_round_end_to_end(round_run, label_studio):
     assert {t["data"]["hitl_key"] for t in tasks} == {
         f"{DAG_ID}|{run_id}|{i.image_id}" for i in selection.items}
 
-    # a new version whose human annotations equal what the simulator submitted
+    # a new version whose labels of the reviewed images equal what the simulator submitted:
+    # boxes it drew or changed are human boxes, boxes it left as they were are the same
+    # labels, stamped verified
     store = DatasetStore(root, "e2e")
     assert store.versions() == ["v0001", "v0002"] and store.latest() == "v0002"
     coco = store.load("v0002")
     submitted = {e["image_id"]: e for s in round_run["sims"] for e in s["entries"]}
     labeled = {i for i, e in submitted.items() if not e["skipped"]}
-    human = {}
+    reviewed = {}
     for ann in coco["annotations"]:
-        if ann.get("source") == "human":
-            human.setdefault(ann["image_id"], []).append(ann)
-    assert set(human) <= labeled
+        if ann.get("source") == "human" or "verified" in ann:
+            reviewed.setdefault(ann["image_id"], []).append(ann)
+    assert set(reviewed) <= labeled
     names = {c["id"]: c["name"] for c in coco["categories"]}
     for image_id in labeled:
         sent = sorted((b["category"], *[round(v) for v in b["bbox"]])
                       for b in submitted[image_id]["boxes"])
         got = sorted((names[a["category_id"]], *[round(v) for v in a["bbox"]])
-                     for a in human.get(image_id, []))
+                     for a in reviewed.get(image_id, []))
         assert got == sent, image_id
-        assert all(a["round"] == 2 and a["annotator"] for a in human.get(image_id, []))
+        assert all(a["round"] == 2 and a["annotator"] if a.get("source") == "human"
+                   else a["verified"]["round"] == 2 for a in reviewed.get(image_id, []))
     weights = {img["id"]: img.get("weight", 1.0) for img in coco["images"]}
     assert all(weights[i] > 1.0 for i in labeled)
     assert all(w == 1.0 for i, w in weights.items() if i not in labeled)
@@ -167,6 +170,10 @@ def test_round_end_to_end(round_run, label_studio):
     assert metrics and "map50_95" in json.loads(metrics[0].read_text())
     report = json.loads(paths.report.read_text())
     assert report["new_version"] == "v0002" and paths.plot.stat().st_size > 0
+    answers = report["corrections"]  # what people did with the boxes they started from
+    assert {"confirmed", "edited", "empty"} <= set(answers)
+    assert answers["confirmed"] + answers["edited"] <= answers["labeled"]
+    assert answers["confirmed"] + answers["edited"] > 0
     print(f"e2e round took {round_run['seconds']:.0f} s")
 
 

@@ -118,3 +118,43 @@ def test_an_answer_that_accepts_everything_removes_no_label(label_studio):
     (pool_box,) = _boxes(coco, 7)
     assert pool_box["source"] == "human" and pool_box["bbox"] == pytest.approx([40, 40, 20, 20])
     assert merged["pool_labeled"] == 1
+
+
+def test_simulated_reviewers_edit_what_the_view_shows_towards_the_truth(label_studio):
+    """SIMULATED people start from the pre-filled labels: a perfect one leaves the right
+    labels as they were and fixes the wrong ones; a careless one changes nothing."""
+    from hitl_dev.simulator import simulate
+
+    rr = review_round(label_studio, images=(1, 2, 3))
+    base = rr.rnd.store.load(rr.version)
+    # what the images really show: image 1's first label is a star, image 3's second box
+    # is on nothing, image 2 has a circle nobody labeled
+    truth = json.loads(json.dumps(base))
+    for a in truth["annotations"]:
+        if a["id"] == 11:
+            a["category_id"] = 3
+    truth["annotations"] = [a for a in truth["annotations"] if a["id"] != 32]
+    truth["annotations"].append({"id": 99, "image_id": 2, "category_id": 1,
+                                 "bbox": [70, 5, 20, 20]})
+    summary = simulate(label_studio.url, label_studio.token, rr.project, truth, accuracy=1.0,
+                       seed=3)
+    assert summary["simulated"] and summary["annotated"] == 3 and not summary["errors"]
+    assert summary["actions"] == {"kept": 4, "relabeled": 1, "deleted": 1, "added": 1}
+    _, _, coco = collect_and_merge(label_studio, rr)
+    got = {i: sorted((a["category_id"], *[round(v) for v in a["bbox"]])
+                     for a in _boxes(coco, i)) for i in (1, 2, 3)}
+    want = {i: sorted((a["category_id"], *[round(v) for v in a["bbox"]])
+                      for a in truth["annotations"] if a["image_id"] == i) for i in (1, 2, 3)}
+    assert got == want
+    kept = [a for i in (1, 2, 3) for a in _boxes(coco, i) if "verified" in a]
+    assert sorted(a["id"] for a in kept) == [12, 21, 22, 31]  # the right labels, as they were
+
+    careless = review_round(label_studio, images=(1, 2, 3))
+    summary = simulate(label_studio.url, label_studio.token, careless.project, truth,
+                       behaviour="accept_all")
+    assert summary["actions"] == {"kept": 6}
+    _, _, coco = collect_and_merge(label_studio, careless)
+    before = careless.rnd.store.load(careless.version)
+    for i in (1, 2, 3):
+        assert [{k: v for k, v in a.items() if k != "verified"} for a in _boxes(coco, i)] == \
+            _boxes(before, i)
