@@ -72,13 +72,16 @@ def create_app(root: Path | None = None):
         for dag_id in _pipelines():
             parts.append(f"<h2>{html.escape(dag_id)}</h2><table border=1 cellpadding=4>")
             parts.append("<tr><th>run</th><th>selected</th><th>corrections</th>"
+                         "<th>confirmed</th><th>edited</th><th>empty</th>"
                          "<th>mAP50-95 before</th><th>after</th><th>version</th><th>plot</th></tr>")
             for rep in reversed(read_reports(Layout.at(_root()), dag_id)):
                 run = str(rep.get("run_id", ""))
                 link = f"plot/{safe_component(dag_id)}/{safe_component(run)}.png"
-                cells = [run, rep.get("selected"), rep.get("corrections", {}).get("labeled"),
-                         rep.get("map50_95_before"), rep.get("map50_95_after"),
-                         rep.get("new_version")]
+                answers = rep.get("corrections", {})
+                cells = [run, rep.get("selected"), answers.get("labeled"),
+                         answers.get("confirmed", ""), answers.get("edited", ""),
+                         answers.get("empty", ""), rep.get("map50_95_before"),
+                         rep.get("map50_95_after"), rep.get("new_version")]
                 row = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
                 parts.append(f"<tr>{row}<td><a href='{html.escape(link)}'>plot</a></td></tr>")
             parts.append("</table>")

@@ -13,7 +13,8 @@ def root(tmp_path):
     rounds = tmp_path / "rounds" / "hitl_shapes" / "manual__1"
     rounds.mkdir(parents=True)
     (rounds / "report.json").write_text(json.dumps({
-        "run_id": "manual__1", "selected": 12, "corrections": {"labeled": 11},
+        "run_id": "manual__1", "selected": 12,
+        "corrections": {"labeled": 11, "confirmed": 4, "edited": 7, "empty": 1},
         "map50_95_before": 0.41, "map50_95_after": 0.47, "new_version": "v0002",
         "finished": "2026-01-01T00:00:00+00:00",
     }))
@@ -46,6 +47,8 @@ def test_routes_with_a_user(root):
     assert client.get("/api/datasets/nope").status_code == 404
     page = client.get("/").text
     assert "manual__1" in page and "0.47" in page and "plot/hitl_shapes/manual__1.png" in page
+    assert "<th>confirmed</th><th>edited</th><th>empty</th>" in page
+    assert "<td>4</td><td>7</td><td>1</td>" in page
     assert client.get("/plot/hitl_shapes/manual__1.png").content == b"\x89PNG fake"
     assert client.get("/plot/hitl_shapes/..%2F..%2Fetc.png").status_code == 404
 
