@@ -386,7 +386,11 @@ def epoch_callback(path: Path, on_epoch: Callable[[dict], None] | None = None):
             if getattr(trainer, "tloss", None) is not None:
                 items = trainer.label_loss_items(trainer.tloss, prefix="train")
                 losses = {k.split("/", 1)[1]: scalar(v) for k, v in items.items()}
-            metrics = {name: scalar((trainer.metrics or {}).get(key))
+            # Ultralytics validates every epoch with val=True, else only the last one; the
+            # metrics of an epoch it did not validate are stale zeros, not a result.
+            validated = bool(getattr(trainer.args, "val", True)) or (
+                trainer.epoch + 1 >= trainer.epochs)
+            metrics = {name: scalar((trainer.metrics or {}).get(key)) if validated else None
                        for key, name in METRIC_KEYS.items()}
             row = {
                 "epoch": int(trainer.epoch),
@@ -404,11 +408,14 @@ def epoch_callback(path: Path, on_epoch: Callable[[dict], None] | None = None):
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            log.info(
-                "epoch %s/%s: loss %s, mAP50 %s, mAP50-95 %s (%.1f s)",
-                row["epoch"] + 1, row["epochs"], sum(v or 0 for v in losses.values()),
-                row["map50"], row["map50_95"], row["epoch_seconds"] or 0.0,
-            )
+            if validated:
+                log.info("epoch %s/%s: loss %s, mAP50 %s, mAP50-95 %s (%.1f s)",
+                         row["epoch"] + 1, row["epochs"], sum(v or 0 for v in losses.values()),
+                         row["map50"], row["map50_95"], row["epoch_seconds"] or 0.0)
+            else:
+                log.info("epoch %s/%s: loss %s, not validated (%.1f s)", row["epoch"] + 1,
+                         row["epochs"], sum(v or 0 for v in losses.values()),
+                         row["epoch_seconds"] or 0.0)
             if on_epoch is not None:
                 on_epoch(row)
         except Exception:  # noqa: BLE001 - a failing callback would abort training

@@ -194,3 +194,19 @@ def test_threads_are_capped_by_cpus_and_by_other_load(monkeypatch):
     monkeypatch.setattr(train_mod.os, "getloadavg", lambda: (4.5, 0.0, 0.0))
     assert train_mod.choose_threads(2) == 1  # busy cores: spinning threads collapse
     assert train_mod.choose_threads(2, adapt=False) == 2
+
+
+@pytest.mark.slow
+def test_epochs_without_validation_are_logged_as_not_validated(tmp_path, caplog):
+    """With per-epoch validation off (the benchmarks), an epoch's metrics are not zeros."""
+    import logging
+
+    from hitl_plugin.model.train import read_epochs, train
+
+    data, _, _ = tiny_export(tmp_path, train=8, val=4, imgsz=64, seed=9)
+    with caplog.at_level(logging.INFO, logger="hitl_plugin.model.yolo"):
+        train(data, tmp_path / "model", epochs=2, imgsz=64, batch=8, device="cpu",
+              extra_args={"val": False})
+    rows = read_epochs(tmp_path / "model")
+    assert [r["map50"] is None for r in rows] == [True, False]  # the last epoch is validated
+    assert "epoch 1/2: loss" in caplog.text and "not validated" in caplog.text
