@@ -48,6 +48,8 @@ TO_NAME = "image"
 #: Distinct class colours (Sasha Trubetskoy's palette), in category order.
 COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
            "#bfef45", "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3")
+#: The colour of the model's boxes (read-only, for comparison).
+MODEL_COLOUR = "#9e9e9e"
 #: Keys of the first ten classes (letters are Label Studio's tool shortcuts).
 HOTKEYS = "1234567890"
 #: The project's instructions (shown before labeling and behind the "Instructions" button).
@@ -63,7 +65,7 @@ INSTRUCTIONS = (
     "<li><b>Submit</b> when the boxes match the image. Submitting nothing on an image that "
     "had labels is not taken as \"no objects\" unless the pipeline says so.</li>"
     "<li><b>Skip</b> when you are unsure: the labels stay as they were.</li></ul>"
-    "<p>The faint boxes are the model's, for comparison only; the task view also lists "
+    "<p>The grey boxes are the model's, for comparison only; the task view also lists "
     "them as a tab you can duplicate.</p>")
 #: How far (percent of the image side) a box may stick out and still be accepted (then clipped).
 TOLERANCE_PCT = 0.5
@@ -88,8 +90,9 @@ def label_config(class_names: list[str] | tuple[str, ...]) -> str:
         colour = COLOURS[i % len(COLOURS)]
         key = f' hotkey="{HOTKEYS[i]}"' if i < len(HOTKEYS) else ""
         labels.append(f"<Label value={_quote(name)} background={_quote(colour)}{key}/>")
-        # explicit keys nobody presses: Label Studio would give unkeyed labels 1, 2, ...
-        model.append(f"<Label value={_quote(name)} background={_quote(colour)} "
+        # the model's boxes all in one grey, apart from the labels; explicit keys nobody
+        # presses (Label Studio would give unkeyed labels 5, 6, ...)
+        model.append(f"<Label value={_quote(name)} background={_quote(MODEL_COLOUR)} "
                      f'hotkey="ctrl+alt+shift+{HOTKEYS[i % len(HOTKEYS)]}"/>')
     return (f'<View><Header value="$hitl_reason" size="5" style="white-space: pre-wrap"/>'
             f'<Image name="{TO_NAME}" value="$image"/>'
