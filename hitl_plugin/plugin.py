@@ -76,6 +76,10 @@ def create_app(root: Path | None = None):
                          "<th>mAP50-95 before</th><th>after</th><th>version</th><th>plot</th></tr>")
             for rep in reversed(read_reports(Layout.at(_root()), dag_id)):
                 run = str(rep.get("run_id", ""))
+                if "unreadable" in rep:
+                    parts.append(f"<tr><td>{html.escape(run)}</td><td colspan=9>report "
+                                 f"unreadable: {html.escape(rep['unreadable'])}</td></tr>")
+                    continue
                 link = f"plot/{safe_component(dag_id)}/{safe_component(run)}.png"
                 answers = rep.get("corrections", {})
                 cells = [run, rep.get("selected"), answers.get("labeled"),

@@ -14,6 +14,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from hitl_plugin.config import PipelineConfig
 from hitl_plugin.model.evaluate import confidence_histogram
 from hitl_plugin.paths import Layout, ModelPaths
@@ -32,14 +34,38 @@ from hitl_plugin.schemas import (
 log = logging.getLogger(__name__)
 
 
+class _ReportShape(BaseModel):
+    """What readers of a report rely on (the rest is free): checked before it is shown."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str = ""
+    selected: int | None = None
+    corrections: dict[str, int] = {}
+    map50_95_before: float | None = None
+    map50_95_after: float | None = None
+    new_version: str | None = None
+    finished: str = ""
+
+
 def read_reports(layout: Layout, dag_id: str) -> list[dict]:
-    """Every round report of a pipeline, oldest first (unreadable ones are skipped)."""
+    """Every round report of a pipeline, oldest first.
+
+    A round still running has no report and is left out; a report that cannot be read, or
+    has the wrong shape, is listed as ``{"run_id", "unreadable": reason}`` so that one bad
+    file never hides the others.
+    """
     rows = []
-    for path in (r.report for r in layout.rounds(dag_id)):
+    for paths in layout.rounds(dag_id):
+        if not paths.report.is_file():
+            continue
         try:
-            rep = json.loads(path.read_text(encoding="utf-8"))
-            check_schema(rep, REPORT_SCHEMA, str(path))
-        except (OSError, ValueError):
+            rep = json.loads(paths.report.read_text(encoding="utf-8"))
+            check_schema(rep, REPORT_SCHEMA, str(paths.report))
+            _ReportShape.model_validate(rep)
+        except (OSError, ValueError) as exc:  # ValidationError is a ValueError
+            reason = str(exc).splitlines()[0][:200]
+            rows.append({"run_id": paths.dir.name, "finished": "", "unreadable": reason})
             continue
         rows.append(rep)
     return sorted(rows, key=lambda r: r.get("finished", ""))
@@ -191,7 +217,8 @@ def write_round_report(
     }
     before = confidences(ModelPaths(Path(train["model_dir"])))
     after = confidences(ModelPaths(Path(retrain["model_dir"]))) if retrain else None
-    history = [r for r in read_reports(layout, dag_id) if r.get("run_id") != run_id]
+    history = [r for r in read_reports(layout, dag_id)
+               if r.get("run_id") != run_id and "unreadable" not in r]
     plot_round(paths.plot, history + [rep], before, after)
     rep["text"] = summary_text(rep)
     write_json_atomic(paths.report, rep)

@@ -85,3 +85,16 @@ def test_training_queue_from_config(tmp_path):
     queues = {t.task_id: t.queue for t in dag.tasks}
     assert queues["train"] == queues["score"] == queues["retrain"] == "gpu"
     assert queues["submit"] != "gpu" and queues["merge"] != "gpu"
+
+
+def test_a_config_that_is_not_utf8_is_one_import_error_naming_it(tmp_path):
+    """Issue 13, defect 10: one such file used to hide every pipeline."""
+    dags = tmp_path / "dags"
+    (dags / "configs").mkdir(parents=True)
+    shutil.copy(DAG_FILE, dags)
+    shutil.copy(REPO / "dags" / "configs" / "shapes.yaml", dags / "configs")
+    (dags / "configs" / "latin1.yaml").write_bytes("dag_id: caf\xe9\n".encode("latin-1"))
+    bag = _dagbag(dags)
+    assert "hitl_shapes" in bag.dag_ids
+    (error,) = bag.import_errors.values()
+    assert "latin1.yaml: not UTF-8 text" in error

@@ -63,3 +63,25 @@ def test_plugin_is_registered_by_entry_point():
     conn = info["connection-types"][0]
     assert conn["connection-type"] == "label_studio"
     assert conn["hook-class-name"] == "hitl_plugin.hooks.label_studio.LabelStudioHook"
+
+
+def test_a_report_of_the_wrong_shape_is_shown_as_unreadable(root):
+    """Issue 13, defect 11: valid JSON of the wrong shape made the page answer 500."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    from hitl_plugin.plugin import create_app
+
+    bad = root / "rounds" / "hitl_shapes" / "manual__2"
+    bad.mkdir()
+    (bad / "report.json").write_text(json.dumps({"run_id": "manual__2",
+                                                 "corrections": ["not", "an", "object"]}))
+    (root / "rounds" / "hitl_shapes" / "manual__3").mkdir()  # still running: no report
+    app = create_app(root)
+    app.dependency_overrides[get_user] = lambda: object()
+    client = TestClient(app)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "manual__1" in page.text and "0.47" in page.text  # the good round still shows
+    assert "manual__2</td><td colspan=9>report unreadable" in page.text
+    rounds = client.get("/api/rounds/hitl_shapes").json()
+    assert [r["run_id"] for r in rounds if "unreadable" in r] == ["manual__2"]
