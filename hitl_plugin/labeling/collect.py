@@ -23,7 +23,7 @@ import logging
 from typing import Any
 
 from hitl_plugin.boxes import answer_kind
-from hitl_plugin.exceptions import InvalidResult
+from hitl_plugin.exceptions import InvalidResult, LabelStudioError
 from hitl_plugin.labeling.client import LabelStudioClient, run_filters
 from hitl_plugin.labeling.tasks import ISSUES_NAME, MODEL_NAME, hitl_key, region_to_box
 from hitl_plugin.schemas import (
@@ -51,18 +51,26 @@ def annotator_of(annotation: dict) -> str | None:
     return str(by)[:200] if by is not None else None
 
 
+#: Ids of ours and Label Studio's are database keys: more digits than this is not an id.
+MAX_ID_DIGITS = 18
+
+
 def _order(annotation: dict) -> tuple:
     return (str(annotation.get("updated_at") or ""), str(annotation.get("created_at") or ""),
-            int(annotation.get("id") or 0))
+            _as_int(annotation.get("id")) or 0)
 
 
 def _as_int(value: Any) -> int | None:
+    """An id as an int, or None for anything else (a bool, a float, a text, a huge number)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+        return value if len(str(abs(value))) <= MAX_ID_DIGITS else None
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text.startswith("-") else text
+        if digits.isdigit() and digits.isascii() and len(digits) <= MAX_ID_DIGITS:
+            return int(text)
     return None
 
 
@@ -98,6 +106,11 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
     annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
     if not annotations:
         return None
+    bad = [a.get("id") for a in annotations if _as_int(a.get("id")) is None]
+    if bad:
+        return Rejected(task_id=task_id, image_id=image_id,
+                        reason=f"an annotation id is not an integer "
+                        f"({str(bad[0])[:40]!r}): the task cannot be read safely")
     done = [a for a in annotations if not a.get("was_cancelled")]
     if not done:
         last = max(annotations, key=_order)
@@ -139,6 +152,29 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
     )
 
 
+def _check_project(client: LabelStudioClient, project_id: int, dag_id: str, run_id: str,
+                   expected: int) -> None:
+    """Fail, rather than read "no answers", when the project is gone or is not this round's.
+
+    A task list of a missing project reads as empty, and an empty corrections file would be
+    merged as a round in which nobody answered.
+    """
+    try:
+        client.get_project(project_id)
+    except LabelStudioError as exc:
+        if exc.status == 404:
+            raise LabelStudioError(
+                f"project {project_id} does not exist (deleted, or the round's submissions "
+                "name another server): this round's answers cannot be collected",
+                status=404, method=exc.method, path=exc.path) from None
+        raise
+    if expected and not client.count_tasks(project_id, run_filters(dag_id, run_id)):
+        raise LabelStudioError(
+            f"project {project_id} holds none of the {expected} tasks of round {dag_id} / "
+            f"{run_id}: the wrong project, or its tasks were deleted", status=404,
+            method="GET", path="/api/tasks/")
+
+
 def collect_corrections(client: LabelStudioClient, *, project_id: int, dag_id: str, run_id: str,
                         selection: SelectionManifest,
                         categories: dict[str, int] | None = None,
@@ -151,6 +187,7 @@ def collect_corrections(client: LabelStudioClient, *, project_id: int, dag_id: s
     """
     categories = categories or {c.name: c.id for c in selection.categories}
     samples = {s.image_id: s for s in selection.items}
+    _check_project(client, project_id, dag_id, run_id, expected=len(samples))
     by_image: dict[int, Correction] = {}
     rejected: list[Rejected] = []
     for task in client.iter_tasks(project_id, run_filters(dag_id, run_id), fields="all"):

@@ -158,3 +158,23 @@ def test_simulated_reviewers_edit_what_the_view_shows_towards_the_truth(label_st
     for i in (1, 2, 3):
         assert [{k: v for k, v in a.items() if k != "verified"} for a in _boxes(coco, i)] == \
             _boxes(before, i)
+
+
+def test_a_missing_or_wrong_project_fails_collect_instead_of_reading_no_answers(label_studio):
+    """Issue 13, defect 3: a 404 on the task list used to give an empty, successful
+    corrections file, which the merge then published as a version."""
+    from hitl_plugin import steps
+    from hitl_plugin.exceptions import LabelStudioError
+    from hitl_plugin.labeling.client import LabelStudioClient
+
+    rr = review_round(label_studio, images=(1,))
+    other = review_round(label_studio, images=(2,))
+    with LabelStudioClient(label_studio.url, label_studio.token) as client:
+        with pytest.raises(LabelStudioError, match="project 987654 does not exist"):
+            steps.collect(rr.rnd, client, selection=str(rr.rnd.paths.selection),
+                          project_id=987654)
+        with pytest.raises(LabelStudioError, match="holds none of the 1 tasks of round"):
+            steps.collect(rr.rnd, client, selection=str(rr.rnd.paths.selection),
+                          project_id=other.project)
+    assert not rr.rnd.paths.corrections.exists()
+

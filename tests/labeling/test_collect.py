@@ -1,0 +1,43 @@
+"""Collect against hostile answers (a test double of the server: faults a real one does not
+produce on demand)."""
+
+from __future__ import annotations
+
+
+def test_a_task_with_a_bad_annotation_id_is_rejected_and_the_rest_collected():
+    """Issue 13, defect 2: annotation ids that are not integers used to raise inside
+    collect, and every retry failed the same way."""
+    from hitl_plugin.labeling.collect import collect_corrections
+    from hitl_plugin.schemas import SelectionManifest
+
+    selection = SelectionManifest.model_validate({
+        "dag_id": "d", "run_id": "r", "dataset": "s", "version": "v0001",
+        "model_version": "m", "categories": [{"id": 1, "name": "circle"}],
+        "strategy": "label_error", "budget": 6, "seed": 0,
+        "items": [{"image_id": i, "file_name": f"x/{i}.png", "width": 100, "height": 80,
+                   "split": "train", "reason": "label_error", "score": 0.5}
+                  for i in range(1, 7)]})
+    box = {"from_name": "label", "to_name": "image", "type": "rectanglelabels",
+           "value": {"x": 10, "y": 10, "width": 20, "height": 20,
+                     "rectanglelabels": ["circle"]}}
+    bad_ids = ["abc", {}, "1.5", "9" * 5000, None]
+    tasks = [{"id": 10 + i, "data": {"hitl_image_id": i, "hitl_key": f"d|r|{i}"},
+              "annotations": [{"id": bad_ids[i - 1], "result": [box]}]} for i in range(1, 6)]
+    tasks.append({"id": 16, "data": {"hitl_image_id": 6, "hitl_key": "d|r|6"},
+                  "annotations": [{"id": 7, "result": [box], "updated_at": "2026"}]})
+
+    class Client:  # the answers of a server, as a test double; faults only
+        def get_project(self, project_id):
+            return {"id": project_id}
+
+        def count_tasks(self, project_id, filters):
+            return len(tasks)
+
+        def iter_tasks(self, project_id, filters, fields="all"):
+            return iter(tasks)
+
+    result = collect_corrections(Client(), project_id=1, dag_id="d", run_id="r",
+                                 selection=selection)
+    assert [c.image_id for c in result.items] == [6]
+    assert sorted(r.image_id for r in result.rejected) == [1, 2, 3, 4, 5]
+    assert all("annotation id is not an integer" in r.reason for r in result.rejected)
