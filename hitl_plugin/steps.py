@@ -418,6 +418,17 @@ def check_wait(client: LabelStudioClient, plan: WaitPlan, *, now: datetime | Non
                   now=now or datetime.now(timezone.utc), deadline=to_deadline(plan["deadline"]))
 
 
+def wait_error(exc: Exception, plan: WaitPlan, *, conn_id: str,
+               now: datetime | None = None) -> LabelsErrorEventPayload | None:
+    """A failed poll of the wait: the event that ends it, or None to poll on (the trigger's
+    rule, :func:`hitl_plugin.labeling.wait.error_event`)."""
+    from hitl_plugin.labeling.wait import error_event, to_deadline
+
+    return error_event(exc, conn_id=conn_id, project_id=plan["project_id"],
+                       deadline=to_deadline(plan["deadline"]), expected=plan["expected"],
+                       now=now)
+
+
 def finish_wait(event: dict, project_id: int | None) -> WaitResult:
     """The wait's result from its final event; an error event raises.
 
@@ -507,5 +518,5 @@ def report(rnd: Round, *, base_version: str, train: TrainResult, gate: GateResul
 
 
 __all__ = ["Round", "WaitPlan", "check_wait", "checked_batch", "collect", "finish_wait",
-           "gate", "merge", "plan_wait", "prepare", "report", "score",
+           "gate", "wait_error", "merge", "plan_wait", "prepare", "report", "score",
            "select", "submit", "train", "warm_start"]

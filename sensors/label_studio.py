@@ -116,9 +116,18 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
     def poke(self, context: Context) -> Any:
         from airflow.sdk import PokeReturnValue
 
+        from hitl_plugin import steps
+        from hitl_plugin.exceptions import LabelStudioError
+
         if self._plan is None:
             self._plan = self._make_plan(context)
-        event = self._check(self._plan)
+        try:
+            event = self._check(self._plan)
+        except LabelStudioError as exc:  # the trigger's rule: wait out what waiting may fix
+            event = steps.wait_error(exc, self._plan, conn_id=self.label_studio_conn_id)
+            if event is None:
+                self.log.warning("Polling Label Studio failed (%s); polling on", exc)
+                return False
         if event is None:
             return False
         return PokeReturnValue(True, self._result(event, self._plan["project_id"]))

@@ -135,11 +135,33 @@ class _Base:
         return self._error(_reason(response), status=status, method=method, path=path,
                            sent=True)
 
-    @staticmethod
-    def _body(response: Any, ok404: bool) -> Any:
-        if response.status_code == 404 and ok404:
-            return None
-        return response.json() if response.content else None
+    def _answer(self, response: Any, *, method: str, path: str,
+                ok404: bool) -> tuple[LabelStudioError | None, Any]:
+        """``(error, body)`` of an HTTP answer (requests' or httpx's).
+
+        A success whose body is not JSON (a proxy's or a maintenance page) is an error that
+        waiting may fix: retried like a dropped connection.
+        """
+        error = self._http_error(response, method=method, path=path, ok404=ok404)
+        if error is not None or (response.status_code == 404 and ok404):
+            return error, None
+        try:
+            return None, response.json() if response.content else None
+        except ValueError:
+            text = (response.text or "")[:80].replace("\n", " ")
+            return self._error(f"HTTP {response.status_code} but the answer is not JSON "
+                               f"(a proxy or maintenance page?): {text!r}", status=None,
+                               method=method, path=path, sent=True), None
+
+    def _count(self, body: Any, path: str) -> int:
+        """The ``total`` of a count query; anything but a count is a (transient) error."""
+        if body is None:  # ok404: no such page
+            return 0
+        total = body.get("total") if isinstance(body, dict) else None
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise self._error(f"the count answer has no integer 'total' (got {total!r})",
+                              status=None, method="GET", path=path, sent=True)
+        return total
 
     def _retry_delay(self, error: LabelStudioError, *, method: str, attempt: int) -> float:
         """Seconds before the next try; raises ``error`` when no retry is allowed."""
@@ -214,9 +236,9 @@ class LabelStudioClient(_Base):
                 raise self._error(type(exc).__name__ + ": " + _short(exc), status=None,
                                   method=method, path=path, sent=True) from None
             else:
-                error = self._http_error(response, method=method, path=path, ok404=ok404)
+                error, body = self._answer(response, method=method, path=path, ok404=ok404)
                 if error is None:
-                    return self._body(response, ok404)
+                    return body
             time.sleep(self._retry_delay(error, method=method, attempt=attempt))
             attempt += 1
 
@@ -278,7 +300,7 @@ class LabelStudioClient(_Base):
         body = self.request("GET", "/api/tasks/", params={
             "project": int(project_id), "page_size": 1, "page": 1, "fields": "task_only",
             "query": _query(filters)}, ok404=True)
-        return int(body.get("total", 0)) if isinstance(body, dict) else 0
+        return self._count(body, "/api/tasks/")
 
     def iter_tasks(self, project_id: int, filters: Sequence[dict] = (), *,
                    conjunction: str = "and", fields: str = "all", page_size: int = 100,
@@ -401,9 +423,9 @@ class AsyncLabelStudioClient(_Base):
                 error = self._error(f"{type(exc).__name__}: {_short(exc)}", status=None,
                                     method=method, path=path, sent=True)
             else:
-                error = self._http_error(response, method=method, path=path, ok404=ok404)
+                error, body = self._answer(response, method=method, path=path, ok404=ok404)
                 if error is None:
-                    return self._body(response, ok404)
+                    return body
             await asyncio.sleep(self._retry_delay(error, method=method, attempt=attempt))
             attempt += 1
 
@@ -412,7 +434,7 @@ class AsyncLabelStudioClient(_Base):
         body = await self.request("GET", "/api/tasks/", params={
             "project": int(project_id), "page_size": 1, "page": 1, "fields": "task_only",
             "query": _query(filters)}, ok404=True)
-        return int(body.get("total", 0)) if isinstance(body, dict) else 0
+        return self._count(body, "/api/tasks/")
 
     async def iter_tasks(self, project_id: int, filters: Sequence[dict] = (), *,
                          fields: str = "task_only", page_size: int = 100) -> AsyncIterator[dict]:

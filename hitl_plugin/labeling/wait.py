@@ -21,7 +21,7 @@ from hitl_plugin.config import Completion, OnTimeout
 
 ErrorType = Literal["timeout", "service_unavailable", "auth", "not_found", "config"]
 __all__ = ["Completion", "ErrorType", "LabelsErrorEventPayload", "LabelsReadyEventPayload",
-           "OnTimeout", "deadline_after", "decide", "to_deadline"]
+           "OnTimeout", "deadline_after", "decide", "error_event", "to_deadline"]
 
 
 class LabelsReadyEventPayload(TypedDict):
@@ -99,3 +99,39 @@ def decide(counts: dict[str, int], *, expected: int | None, completion: str,
 def deadline_after(seconds: float, now: datetime | None = None) -> datetime:
     """``now + seconds`` as an aware UTC datetime."""
     return (now or datetime.now(timezone.utc)) + timedelta(seconds=float(seconds))
+
+
+def error_event(exc: Exception, *, conn_id: str, project_id: int, deadline: datetime,
+                expected: int | None, now: datetime | None = None
+                ) -> LabelsErrorEventPayload | None:
+    """What a failed poll means: the event that ends the wait, or None to poll on.
+
+    Errors that waiting may fix (no answer, 5xx, 429, an answer that is not a count) are
+    waited out until the deadline, then ``service_unavailable``; a refused token (``auth``),
+    a missing project (``not_found``) and a request the service refuses (``config``) end
+    the wait at once.
+    """
+    from hitl_plugin.exceptions import LabelStudioError
+
+    status = exc.status if isinstance(exc, LabelStudioError) else None
+    error_type: ErrorType | None = None
+    if status in (401, 403):
+        error_type = "auth"
+    elif status == 404:
+        error_type = "not_found"
+    elif not isinstance(exc, LabelStudioError) or not exc.transient:
+        error_type = "config"  # no usable connection, or a request the service refuses
+    elif (now or datetime.now(timezone.utc)) >= deadline:
+        error_type = "service_unavailable"
+    if error_type is None:
+        return None
+    what = {
+        "auth": f"Label Studio refused the API token of connection {conn_id!r}",
+        "not_found": f"Label Studio project {project_id} was not found",
+        "config": f"Label Studio connection {conn_id!r} or request is not usable",
+        "service_unavailable": "Label Studio stayed unreachable until the deadline "
+                               f"{deadline.isoformat()}",
+    }[error_type]
+    return LabelsErrorEventPayload(status="error", error_type=error_type,
+                                   error=f"{what}: {exc}", total=expected or 0,
+                                   completed=0, deadline=deadline.isoformat())

@@ -22,12 +22,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from hitl_plugin.labeling.wait import (
     Completion,
-    ErrorType,
     LabelsErrorEventPayload,
     LabelsReadyEventPayload,
     OnTimeout,
     deadline_after,
     decide,
+    error_event,
     to_deadline,
 )
 
@@ -107,32 +107,8 @@ class LabelsReadyTrigger(BaseTrigger):
                       now=datetime.now(timezone.utc), deadline=self.deadline)
 
     def _check_error(self, exc: Exception) -> dict | None:
-        from hitl_plugin.exceptions import LabelStudioError
-
-        status = exc.status if isinstance(exc, LabelStudioError) else None
-        error_type: ErrorType | None = None
-        if status in (401, 403):
-            error_type = "auth"
-        elif status == 404:
-            error_type = "not_found"
-        elif not isinstance(exc, LabelStudioError) or not exc.transient:
-            error_type = "config"  # no usable connection, or a request the service refuses
-        elif datetime.now(timezone.utc) >= self.deadline:
-            error_type = "service_unavailable"
-        if error_type is None:
-            return None
-        what = {
-            "auth": "Label Studio refused the API token of connection "
-                    f"{self.label_studio_conn_id!r}",
-            "not_found": f"Label Studio project {self.project_id} was not found",
-            "config": f"Label Studio connection {self.label_studio_conn_id!r} or request is "
-                      "not usable",
-            "service_unavailable": "Label Studio stayed unreachable until the deadline "
-                                   f"{self.deadline.isoformat()}",
-        }[error_type]
-        return LabelsErrorEventPayload(status="error", error_type=error_type,
-                                       error=f"{what}: {exc}", total=self.expected or 0,
-                                       completed=0, deadline=self.deadline.isoformat())
+        return error_event(exc, conn_id=self.label_studio_conn_id, project_id=self.project_id,
+                           deadline=self.deadline, expected=self.expected)
 
     def _sleep_seconds(self, errors: int) -> float:
         delay = self.poke_interval

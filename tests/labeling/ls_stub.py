@@ -25,6 +25,8 @@ class Fault:
     drop: bool = False  # close the connection without an answer
     after: bool = False  # with drop: act on the request first (the server did the work)
     times: int = 1
+    raw: bytes | None = None  # answer 200 with these bytes (a proxy's maintenance page)
+    body: object = None  # answer 200 with this JSON instead of the route's
 
 
 @dataclass
@@ -94,6 +96,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.close()
             return
+        if fault is not None and fault.raw is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(fault.raw)))
+            self.end_headers()
+            self.wfile.write(fault.raw)
+            return
+        if fault is not None and fault.body is not None:
+            return self._send(200, fault.body)
         if fault is not None and fault.status:
             # Echo the Authorization header back, as a careless server might.
             return self._send(fault.status, {"detail": f"boom (auth was "

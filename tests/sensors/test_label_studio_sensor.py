@@ -134,3 +134,18 @@ def test_first_poke_during_an_outage_defers_a_refusal_fails(setup):
     stub.fault("GET", "/api/tasks/", status=400, times=100)
     with pytest.raises(LabelsNotReadyError, match="refused the first poke"):
         sensor(config).execute(context())
+
+
+def test_poke_mode_waits_out_blips_like_the_trigger(setup):
+    """Issue 13, defect 4: the non-deferrable poke treats errors as the trigger does."""
+    stub, config, _ = setup
+    stub.add_tasks("d", "r", [1, 2, 3, 4], annotated={1, 2, 3, 4})
+    stub.fault("GET", "/api/tasks/", raw=b"<html>maintenance</html>", times=100)
+    op = sensor(config, deferrable=False, poke_interval=0.1)
+    assert op.poke(context()) is False  # polls on
+    stub.state.faults.clear()
+    stub.fault("GET", "/api/tasks/", status=401, times=100)
+    with pytest.raises(LabelsNotReadyError, match=r"\(auth\)"):
+        op.poke(context())
+    stub.state.faults.clear()
+    assert op.poke(context()).xcom_value["complete"]

@@ -163,3 +163,24 @@ def test_trigger_module_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_maintenance_page_and_a_null_total_are_waited_out(stub_ls, conn):
+    """Issue 13, defect 4: one 200 answer that is not JSON used to end the wait as a
+    configuration error, and ``"total": null`` raised TypeError inside the trigger."""
+    stub_ls.add_tasks("d", "r", [1, 2], annotated={1, 2})
+    stub_ls.fault("GET", "/api/tasks/", raw=b"<html>down for maintenance</html>", times=3)
+    stub_ls.fault("GET", "/api/tasks/", body={"total": None, "tasks": []}, times=2)
+    event = asyncio.run(_first_event(_trigger(
+        conn, deadline=datetime.now(timezone.utc) + timedelta(minutes=5), expected=2,
+        max_backoff=0.1)))
+    assert event["status"] == "success" and event["completed"] == 2
+    assert stub_ls.count("GET", "/api/tasks/") >= 5 + 3  # the blips, then three counts
+
+
+def test_blips_until_the_deadline_end_as_service_unavailable(stub_ls, conn):
+    stub_ls.fault("GET", "/api/tasks/", raw=b"<html>proxy error</html>", times=10_000)
+    event = asyncio.run(_first_event(_trigger(
+        conn, deadline=datetime.now(timezone.utc) + timedelta(seconds=1), max_backoff=0.1)))
+    assert event["status"] == "error" and event["error_type"] == "service_unavailable"
+    assert "not JSON" in event["error"]
