@@ -380,6 +380,9 @@ def merge_corrections(
     ids, duplicates, and boxes that do not fit the image or name an unknown category are
     rejected and recorded, never merged.
 
+    Refused (DatasetError) when ``base_version`` is not LATEST: LATEST never loses a
+    published round.
+
     Idempotent: a ``round_key`` already published returns the same output and creates no
     version (and if a crash left that version published but not ``LATEST``, it becomes
     ``LATEST``). Publishing is atomic (see :meth:`DatasetStore.publish`).
@@ -419,8 +422,13 @@ def merge_corrections(
         raise DatasetError(f"{base_version} is not in the {FORMAT} layout")
     latest = store.latest()
     if latest != base_version:
-        log.warning("merging into %s, but LATEST is %s: the new version branches off %s",
-                    base_version, latest, base_version)
+        # Publishing a branch off an older version would point LATEST at it and drop the
+        # rounds merged in between from LATEST. Refuse; the round can be run again on LATEST.
+        raise DatasetError(
+            f"dataset {store.name!r}: the corrections of {round_key} were made against "
+            f"{base_version}, but LATEST is {latest} (another round was merged meanwhile: two "
+            f"pipelines share the dataset, or this run merges late); merging would drop "
+            f"{latest}'s rounds from LATEST. Run the round again from {latest}.")
     versions = store.versions()
     number = version_number(versions[-1]) + 1
     version = version_name(number)

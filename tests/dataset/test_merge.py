@@ -464,3 +464,15 @@ def test_bench_merge_runs_small(tmp_path):
                                      + counts["pool_boxes_labeled"])
     assert merged["history_records"] == merged["images_corrected"]
     assert result["merge_seconds"] > 0 and result["merge_peak_rss_mib"] > 0
+
+
+def test_a_merge_on_an_older_base_is_refused_and_latest_keeps_every_round(store):
+    """Issue 13, defect 1: it used to publish a branch and point LATEST at it, dropping the
+    rounds merged in between."""
+    first = _merge(store, "v0001", [_lab(1, [(1, [1, 1, 5, 5])])], run="r1")
+    assert first["version"] == "v0002"
+    with pytest.raises(DatasetError, match=r"made against v0001, but LATEST is v0002"):
+        _merge(store, "v0001", [_lab(2, [(1, [2, 2, 5, 5])])], run="r2")
+    assert store.versions() == ["v0001", "v0002"] and store.latest() == "v0002"
+    # a retry of the round that did land is still idempotent
+    assert _merge(store, "v0001", [_lab(1, [(1, [1, 1, 5, 5])])], run="r1") == first
