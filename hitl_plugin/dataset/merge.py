@@ -42,7 +42,6 @@ from hitl_plugin.dataset.store import (
     DatasetStore,
     iter_coco_lines,
     utcnow,
-    version_name,
     version_number,
     write_coco_lines,
 )
@@ -430,8 +429,8 @@ def merge_corrections(
             f"pipelines share the dataset, or this run merges late); merging would drop "
             f"{latest}'s rounds from LATEST. Run the round again from {latest}.")
     versions = store.versions()
-    number = version_number(versions[-1]) + 1
-    version = version_name(number)
+    version = store.next_version()
+    number = version_number(version)
     now = now or utcnow()
     plan = _plan(corrections)
     written: dict[str, Any] = {}

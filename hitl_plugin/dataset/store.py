@@ -144,11 +144,29 @@ class DatasetStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def versions(self) -> list[str]:
+    def _folders(self) -> list[str]:
+        """Every folder named like a version, published or not, in order."""
         if not self.dir.is_dir():
             return []
         found = [p.name for p in self.dir.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
         return sorted(found, key=version_number)
+
+    def versions(self) -> list[str]:
+        """The published versions, in order. A folder named like a version but without a
+        manifest (left by hand, or half-copied) is not one: it is skipped, with a warning."""
+        found = []
+        for name in self._folders():
+            if (self.dir / name / MANIFEST).is_file():
+                found.append(name)
+            else:
+                log.warning("dataset %s: %s has no %s; it is not a version and is skipped",
+                            self.name, self.dir / name, MANIFEST)
+        return found
+
+    def next_version(self) -> str:
+        """The name the next published version gets (above every version-named folder)."""
+        folders = self._folders()
+        return version_name(version_number(folders[-1]) + 1 if folders else 1)
 
     def latest(self) -> str | None:
         """The version named by LATEST, or None when the dataset has none yet."""
@@ -179,6 +197,11 @@ class DatasetStore:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise DatasetError(f"dataset {self.name!r} has no version {version}") from None
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise DatasetError(f"{path}: the manifest is corrupt ({exc}); restore it from a "
+                               "backup or move the version folder away") from None
+        if not isinstance(manifest, dict):
+            raise DatasetError(f"{path}: the manifest is not a JSON object")
         check_schema(manifest, MANIFEST_SCHEMA, str(path))
         return manifest
 
@@ -256,9 +279,7 @@ class DatasetStore:
                 if existing is not None:
                     log.info("round %s already published as %s", round_key, existing)
                     return existing
-            current = self.versions()
-            number = version_number(current[-1]) + 1 if current else 1
-            version = version_name(number)
+            version = self.next_version()
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=self.dir))
             try:
                 with open(tmp / ANNOTATIONS, "wb") as raw:

@@ -124,3 +124,30 @@ def test_files_stay_plain_coco(store):
     assert kinds.count("images") == 6 and kinds.count("annotations") == 4
     assert json.loads(dict(items)["head:categories"])[0]["name"] == "circle"
     assert [json.loads(v) for k, v in items if k == "annotations"] == store.load()["annotations"]
+
+
+def test_a_stray_folder_is_skipped_and_a_corrupt_manifest_named(tmp_path):
+    """Issue 13, defect 9: a stray vNNNN folder without a manifest, or one corrupt old
+    manifest, blocked every later merge with an exception that was not a DatasetError."""
+    from hitl_plugin.dataset.merge import merge_corrections
+    from hitl_plugin.schemas import Corrections
+
+    store = DatasetStore(tmp_path, "d")
+    store.publish({"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+                   "annotations": [], "categories": [{"id": 1, "name": "a"}]}, parent=None)
+    (store.dir / "v0002").mkdir()  # left by hand: no manifest
+    assert store.versions() == ["v0001"] and store.next_version() == "v0003"
+    corrections = Corrections(dag_id="x", run_id="r", dataset="d", version="v0001",
+                              items=[{"image_id": 1, "status": "labeled", "task_id": 1,
+                                      "boxes": [{"bbox": [1, 1, 2, 2], "category_id": 1}]}])
+    out = merge_corrections(store, base_version="v0001", corrections=corrections,
+                            round_key="x|r", human_weight=2.0, decay=0.5,
+                            report_path=tmp_path / "report.json")
+    assert out["version"] == "v0003" and store.latest() == "v0003"
+    manifest = store.version_dir("v0001") / "manifest.json"
+    manifest.chmod(0o644)
+    manifest.write_text("{ not json")
+    with pytest.raises(DatasetError, match=r"v0001/manifest.json: the manifest is corrupt"):
+        merge_corrections(store, base_version="v0003", corrections=corrections.model_copy(
+            update={"version": "v0003", "run_id": "r2"}), round_key="x|r2", human_weight=2.0,
+            decay=0.5, report_path=tmp_path / "report2.json")
