@@ -43,11 +43,35 @@ class StackError(RuntimeError):
     """A component of the stack failed to start or answer."""
 
 
+def is_our_airflow(pid: int) -> bool:
+    """Whether ``pid`` leads its own process group and runs ``airflow``: the only processes
+    a PID file of ours may make us signal (never pid 0 or 1, never our own group)."""
+    if pid <= 1 or pid == os.getpid():
+        return False
+    try:
+        if os.getpgid(pid) != pid or pid == os.getpgid(0):
+            return False
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except (OSError, ProcessLookupError):
+        return False
+    return any(Path(os.fsdecode(a)).name == "airflow" for a in argv if a)
+
+
 def stop_pid_file(pid_file: Path, *, grace: float = 20.0) -> bool:
-    """Stop the process group named by a PID file: SIGINT, then SIGTERM, then SIGKILL."""
+    """Stop the process group named by a PID file: SIGINT, then SIGTERM, then SIGKILL.
+
+    Only when the PID is one of our Airflow components (:func:`is_our_airflow`): a stale
+    file whose number now belongs to another process is removed, and nothing is signalled.
+    """
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
+        return False
+    if not is_our_airflow(pid):
+        log.warning("%s names pid %s, which is not an Airflow component of ours: nothing "
+                    "signalled, file removed", pid_file, pid)
+        pid_file.unlink(missing_ok=True)
         return False
     # Airflow's components stop cleanly only on SIGINT; escalate if they hang.
     for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
