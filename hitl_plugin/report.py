@@ -203,6 +203,8 @@ def write_round_report(
             "edited": answers["edited"],
             "empty": answers["empty"] + sum(1 for r in corrections.rejected
                                             if r.answer == "empty"),
+            # regions left out of accepted answers, each with its reason in corrections.json
+            "regions_dropped": sum(len(c.dropped) for c in corrections.items),
         },
         "labels_confirmed": merge_report["counts"].get("labels_confirmed", 0),
         "fixed": merge_report.get("fixed_by_kind", {}),

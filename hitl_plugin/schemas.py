@@ -161,6 +161,9 @@ class Correction(_Model):
     #: Other annotations of the same task that lost to this one (rule: the most recent
     #: non-cancelled annotation wins), kept for the record and never merged.
     superseded: list[int] = Field(default_factory=list)
+    #: Regions of the answer left out, each with the rule and the reason (a duplicate, a
+    #: stray sub-pixel box).
+    dropped: list[str] = Field(default_factory=list)
 
 
 class Rejected(_Model):

@@ -53,6 +53,18 @@ def annotator_of(annotation: dict) -> str | None:
 
 #: Ids of ours and Label Studio's are database keys: more digits than this is not an id.
 MAX_ID_DIGITS = 18
+#: More regions than this in one answer is not a labeling of one image.
+MAX_REGIONS = 500
+#: A box narrower or lower than this (pixels) is a stray click: dropped, with a note.
+MIN_BOX_PX = 1.0
+#: Texts copied from an answer into provenance are cut to this length.
+MAX_TEXT = 64
+
+
+def _when(annotation: dict) -> str | None:
+    """The answer's time, as the service wrote it, cut to :data:`MAX_TEXT` characters."""
+    value = annotation.get("updated_at") or annotation.get("created_at")
+    return str(value)[:MAX_TEXT] if value else None
 
 
 def _order(annotation: dict) -> tuple:
@@ -116,8 +128,7 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
         last = max(annotations, key=_order)
         return Correction(image_id=image_id, status="skipped", task_id=task_id or 0,
                           annotation_id=_as_int(last.get("id")), annotator=annotator_of(last),
-                          time=str(last.get("updated_at") or last.get("created_at") or "")
-                          or None)
+                          time=_when(last))
     chosen = max(done, key=_order)
     others = [i for i in (_as_int(a.get("id")) for a in annotations if a is not chosen)
               if i is not None]
@@ -126,15 +137,29 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
     if not isinstance(result, list):
         return Rejected(task_id=task_id, image_id=image_id,
                         reason=f"annotation {chosen.get('id')}: result is not a list")
-    boxes, problems = [], []
+    if len(result) > MAX_REGIONS:
+        return Rejected(task_id=task_id, image_id=image_id,
+                        reason=f"annotation {chosen.get('id')}: {len(result)} regions, more than "
+                        f"the {MAX_REGIONS} an image can hold")
+    boxes, problems, dropped, seen = [], [], [], set()
     for i, region in enumerate(result):
         if isinstance(region, dict) and region.get("from_name") in (MODEL_NAME, ISSUES_NAME):
             continue  # the model's boxes and the suspicions: shown to people, never merged
         try:
-            boxes.append(region_to_box(region, width=sample.width, height=sample.height,
-                                       categories=categories))
+            box = region_to_box(region, width=sample.width, height=sample.height,
+                                categories=categories)
         except InvalidResult as exc:
             problems.append(f"region {i}: {exc}")
+            continue
+        key = (box.category_id, *box.bbox)
+        if min(box.bbox[2], box.bbox[3]) < MIN_BOX_PX:  # a stray click, not an object
+            dropped.append(f"region {i}: a {box.bbox[2]:g} x {box.bbox[3]:g} px box, below "
+                           f"{MIN_BOX_PX:g} px: dropped")
+        elif key in seen:
+            dropped.append(f"region {i}: an exact duplicate of an earlier box: dropped")
+        else:
+            seen.add(key)
+            boxes.append(box)
     if problems:
         return Rejected(task_id=task_id, image_id=image_id,
                         reason=f"annotation {chosen.get('id')}: " + "; ".join(problems[:5]))
@@ -147,8 +172,7 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
     return Correction(
         image_id=image_id, status="labeled", answer=answer, task_id=task_id or 0,
         annotation_id=_as_int(chosen.get("id")), annotator=annotator_of(chosen),
-        time=str(chosen.get("updated_at") or chosen.get("created_at") or "") or None,
-        boxes=boxes, superseded=others,
+        time=_when(chosen), boxes=boxes, superseded=others, dropped=dropped,
     )
 
 

@@ -263,6 +263,7 @@ class _Region(BaseModel):
 
     type: Literal["rectanglelabels"]
     from_name: str = FROM_NAME
+    to_name: str = TO_NAME
     value: _Value
 
 
@@ -292,6 +293,8 @@ def region_to_box(region: Any, *, width: int, height: int, categories: dict[str,
         raise InvalidResult(f"malformed region: {_first_error(exc)}") from None
     if parsed.from_name != FROM_NAME:
         raise InvalidResult(f"region of an unknown control {parsed.from_name[:40]!r}")
+    if parsed.to_name != TO_NAME:
+        raise InvalidResult(f"region on an unknown object {parsed.to_name[:40]!r}")
     v = parsed.value
     label = v.rectanglelabels[0]
     if label not in categories:

@@ -41,3 +41,54 @@ def test_a_task_with_a_bad_annotation_id_is_rejected_and_the_rest_collected():
     assert [c.image_id for c in result.items] == [6]
     assert sorted(r.image_id for r in result.rejected) == [1, 2, 3, 4, 5]
     assert all("annotation id is not an integer" in r.reason for r in result.rejected)
+
+
+def test_regions_are_not_accepted_too_easily():
+    """Issue 13, defect 7: another object's regions, 5,000 boxes, exact duplicates, stray
+    sub-pixel boxes and unbounded provenance texts were accepted as they came."""
+    from hitl_plugin.labeling.collect import MAX_REGIONS, collect_corrections
+    from hitl_plugin.schemas import SelectionManifest
+
+    selection = SelectionManifest.model_validate({
+        "dag_id": "d", "run_id": "r", "dataset": "s", "version": "v0001",
+        "model_version": "m", "categories": [{"id": 1, "name": "circle"}],
+        "strategy": "label_error", "budget": 4, "seed": 0,
+        "items": [{"image_id": i, "file_name": f"x/{i}.png", "width": 160, "height": 160,
+                   "split": "train", "reason": "label_error", "score": 0.5}
+                  for i in range(1, 5)]})
+
+    def box(x=10, w=20, **kw):
+        return {"from_name": "label", "to_name": "image", "type": "rectanglelabels", **kw,
+                "value": {"x": x, "y": 10, "width": w, "height": 20,
+                          "rectanglelabels": ["circle"]}}
+
+    answers = {
+        1: [box(to_name="other_image")],
+        2: [box(x=i % 90, w=1) for i in range(MAX_REGIONS + 1)],
+        3: [box(), box(), box(x=50, w=0.2)],  # a duplicate, and a 0.3 px click
+        4: [box()],
+    }
+    tasks = [{"id": 10 + i, "data": {"hitl_image_id": i, "hitl_key": f"d|r|{i}"},
+              "annotations": [{"id": i, "result": result, "updated_at": "2026-" + "9" * 500}]}
+             for i, result in answers.items()]
+
+    class Client:  # the answers of a server, as a test double; faults only
+        def get_project(self, project_id):
+            return {"id": project_id}
+
+        def count_tasks(self, project_id, filters):
+            return len(tasks)
+
+        def iter_tasks(self, project_id, filters, fields="all"):
+            return iter(tasks)
+
+    result = collect_corrections(Client(), project_id=1, dag_id="d", run_id="r",
+                                 selection=selection)
+    reasons = {r.image_id: r.reason for r in result.rejected}
+    assert "unknown object 'other_image'" in reasons[1]
+    assert f"more than the {MAX_REGIONS}" in reasons[2]
+    by_image = {c.image_id: c for c in result.items}
+    assert len(by_image[3].boxes) == 1 and len(by_image[3].dropped) == 2
+    assert "exact duplicate" in by_image[3].dropped[0]
+    assert "below 1 px: dropped" in by_image[3].dropped[1]
+    assert len(by_image[4].time) == 64
