@@ -375,6 +375,8 @@ class DatasetStore:
         ids = {img["id"] for img in train["images"]}
         if pool is not None and ids & {img["id"] for img in pool["images"]}:
             raise DatasetError(f"{pool_path}: image ids overlap with train.json")
+        check_source_images(source / "images", train["images"] + val["images"]
+                            + (pool["images"] if pool is not None else []))
         images = place(train["images"], "train")
         if pool is not None:
             images += place(pool["images"], "pool")
@@ -389,6 +391,39 @@ class DatasetStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.layout.val_file(self.name), val_out, indent=None)
         return self.publish(coco, parent=None, round=0, note=f"imported from {source}")
+
+
+def check_source_images(folder: Path, images: list[dict], *, cap: int = 50) -> None:
+    """Refuse images that leave the source folder (through a symlink or ``..``) or whose
+    real size is not the size the COCO file declares (every box would be scaled wrongly).
+
+    :raises DatasetError: naming each bad file (the first ``cap``) and the count.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = folder.resolve()
+    problems: list[str] = []
+    for img in images:
+        src = folder / img["file_name"]
+        real = src.resolve()
+        if root not in real.parents:
+            problems.append(f"{src}: leaves the source folder (resolves to {real})")
+            continue
+        if not real.is_file():
+            continue  # reported as missing where it is placed
+        try:
+            with Image.open(real) as opened:
+                size = opened.size
+        except (OSError, UnidentifiedImageError) as exc:
+            problems.append(f"{src}: not a readable image ({exc})")
+            continue
+        if size != (int(img["width"]), int(img["height"])):
+            problems.append(f"{src}: is {size[0]}x{size[1]} px, but image id {img['id']} is "
+                            f"declared {img['width']}x{img['height']}")
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:cap])
+        more = f"\n  ... and {len(problems) - cap} more" if len(problems) > cap else ""
+        raise DatasetError(f"{folder}: {len(problems)} image(s) refused\n{shown}{more}")
 
 
 def _counts_written(out: _HashingWriter, coco: dict) -> dict:

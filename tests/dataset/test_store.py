@@ -151,3 +151,33 @@ def test_a_stray_folder_is_skipped_and_a_corrupt_manifest_named(tmp_path):
         merge_corrections(store, base_version="v0003", corrections=corrections.model_copy(
             update={"version": "v0003", "run_id": "r2"}), round_key="x|r2", human_weight=2.0,
             decay=0.5, report_path=tmp_path / "report2.json")
+
+
+def test_import_checks_real_image_sizes_and_refuses_links_out(tmp_path):
+    """Issue 13, defect 8: a 64x48 file declared 6400x4800 imported (every box then scaled
+    wrongly), and import followed symlinks out of the source folder."""
+    import json
+
+    from PIL import Image
+
+    from hitl_dev.synth import generate
+
+    src = tmp_path / "src"
+    generate(src, train=4, val=2, pool=0, classes=2, imgsz=64, noise=0.0, seed=2)
+    train = json.loads((src / "annotations" / "train.json").read_text())
+    train["images"][0]["width"], train["images"][0]["height"] = 6400, 4800
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64)).save(outside)
+    linked = src / "images" / train["images"][1]["file_name"]
+    linked.unlink()
+    linked.symlink_to(outside)
+    (src / "annotations" / "train.json").write_text(json.dumps(train))
+    store = DatasetStore(tmp_path / "root", "d")
+    with pytest.raises(DatasetError) as info:
+        store.import_source(src)
+    text = str(info.value)
+    assert "2 image(s) refused" in text
+    assert f"{train['images'][0]['file_name']}: is 64x64 px, but image id" in text
+    assert "declared 6400x4800" in text
+    assert f"{train['images'][1]['file_name']}: leaves the source folder" in text
+    assert store.latest() is None
