@@ -53,6 +53,8 @@ class LabelStudioError(HitlError, RuntimeError):
     :ivar method: HTTP method of the failed call.
     :ivar path: API path of the failed call (no query string).
     :ivar sent: ``False`` when the request certainly did not reach the server (connect error).
+    :ivar permanent: waiting cannot fix it though no HTTP status came (a TLS certificate
+        that does not verify).
     """
 
     def __init__(
@@ -63,12 +65,14 @@ class LabelStudioError(HitlError, RuntimeError):
         method: str = "",
         path: str = "",
         sent: bool = True,
+        permanent: bool = False,
     ) -> None:
         self.reason = reason
         self.status = status
         self.method = method
         self.path = path
         self.sent = sent
+        self.permanent = permanent
         where = f"{method} {path}".strip()
         code = f"HTTP {status}" if status is not None else "no response"
         super().__init__(f"Label Studio {where}: {code}: {reason}" if where else reason)
@@ -76,6 +80,8 @@ class LabelStudioError(HitlError, RuntimeError):
     @property
     def transient(self) -> bool:
         """Whether waiting and asking again may succeed."""
+        if self.permanent:
+            return False
         return self.status is None or self.status in RETRY_ALWAYS or self.status >= 500
 
 

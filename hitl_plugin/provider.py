@@ -18,9 +18,10 @@ def get_provider_info() -> dict:
                 "hook-class-name": "hitl_plugin.hooks.label_studio.LabelStudioHook",
                 "hook-name": "Label Studio",
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"host": "Label Studio URL", "password": "API token"},
-                    "placeholders": {"host": "http://127.0.0.1:8080"},
+                    "placeholders": {"host": "http://127.0.0.1:8080",
+                                     "extra": '{"ca_bundle": "/etc/ssl/my-ca.pem"}'},
                 },
                 "conn-fields": {},
             }

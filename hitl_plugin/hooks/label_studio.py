@@ -6,6 +6,7 @@ The connection type ``label_studio`` keeps the URL in ``host`` and the API token
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
@@ -34,6 +35,16 @@ def _token(conn: Connection) -> str:
     return conn.password
 
 
+def _ca_bundle(extra: dict, conn_id: str) -> str | None:
+    """The connection's extra ``ca_bundle``: the CA file of a server with its own certificate."""
+    path = (extra or {}).get("ca_bundle")
+    if not path:
+        return None
+    if not isinstance(path, str) or not Path(path).is_file():
+        raise ValueError(f"Connection {conn_id!r}: extra ca_bundle {path!r} is not a file")
+    return path
+
+
 class LabelStudioHook(BaseHook):
     """Talk to Label Studio through an Airflow Connection.
 
@@ -60,15 +71,19 @@ class LabelStudioHook(BaseHook):
 
         conn = self.get_connection(self.label_studio_conn_id)
         return LabelStudioClient(_url(conn), _token(conn), timeout=self.timeout,
-                                 retries=self.retries)
+                                 retries=self.retries,
+                                 ca_bundle=_ca_bundle(conn.extra_dejson, conn.conn_id))
 
     async def aget_client(self) -> AsyncLabelStudioClient:
         """An asynchronous client for triggers (reads the connection without blocking)."""
         from hitl_plugin.labeling.client import AsyncLabelStudioClient
 
         conn = await BaseHook.aget_connection(self.label_studio_conn_id)
+        extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else \
+            conn.extra_dejson
         return AsyncLabelStudioClient(_url(conn), _token(conn), timeout=self.timeout,
-                                      retries=self.retries)
+                                      retries=self.retries,
+                                      ca_bundle=_ca_bundle(extra, conn.conn_id))
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the URL and the token with ``GET /api/current-user/whoami``."""

@@ -96,9 +96,26 @@ def _reason(response: Any) -> str:
     return json.dumps(body)[:300]
 
 
+def _tls_failure(exc: BaseException) -> BaseException | None:
+    """The TLS error behind a connection failure (a certificate that does not verify), if any."""
+    import ssl
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLError):
+            return exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+TLS_HINT = ("the server's TLS certificate does not verify; set the connection's extra "
+            "'ca_bundle' to the CA file that signed it (waiting will not fix this)")
+
+
 class _Base:
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5, ca_bundle: str | None = None) -> None:
         if not url:
             raise ValueError("Label Studio URL is empty")
         if not token:
@@ -110,6 +127,8 @@ class _Base:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        #: TLS verification: the CA bundle's path, else the system's (True).
+        self.verify: str | bool = ca_bundle or True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, retries={self.retries})"
@@ -121,9 +140,9 @@ class _Base:
         return {"Authorization": f"Token {self._token}"}
 
     def _error(self, reason: str, *, status: int | None, method: str, path: str,
-               sent: bool) -> LabelStudioError:
+               sent: bool, permanent: bool = False) -> LabelStudioError:
         return LabelStudioError(scrub(reason, self._token), status=status, method=method,
-                                path=path.split("?")[0], sent=sent)
+                                path=path.split("?")[0], sent=sent, permanent=permanent)
 
     def _http_error(self, response: Any, *, method: str, path: str,
                     ok404: bool) -> LabelStudioError | None:
@@ -197,8 +216,9 @@ class LabelStudioClient(_Base):
     """
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 backoff: float = 0.5) -> None:
-        super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff)
+                 backoff: float = 0.5, ca_bundle: str | None = None) -> None:
+        super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff,
+                         ca_bundle=ca_bundle)
         self._session = requests.Session()
 
     def close(self) -> None:
@@ -222,7 +242,11 @@ class LabelStudioClient(_Base):
             try:
                 response = self._session.request(
                     method, f"{self.url}{path}", params=params, json=json_body,
-                    headers=self._headers, timeout=timeout or self.timeout)
+                    headers=self._headers, timeout=timeout or self.timeout,
+                    verify=self.verify)  # explicit: REQUESTS_CA_BUNDLE would win otherwise
+            except requests.exceptions.SSLError as exc:
+                raise self._error(f"{TLS_HINT}: {_short(exc)}", status=None, method=method,
+                                  path=path, sent=False, permanent=True) from None
             except requests.ConnectionError as exc:
                 # A refused or unreachable connection never carried the request.
                 sent = not isinstance(exc, requests.ConnectTimeout) and _was_sent(exc)
@@ -380,14 +404,15 @@ class AsyncLabelStudioClient(_Base):
     """
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 backoff: float = 0.5) -> None:
-        super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff)
+                 backoff: float = 0.5, ca_bundle: str | None = None) -> None:
+        super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff,
+                         ca_bundle=ca_bundle)
         self._client: Any = None
 
     async def __aenter__(self) -> AsyncLabelStudioClient:
         import httpx
 
-        self._client = httpx.AsyncClient(timeout=self.timeout)
+        self._client = httpx.AsyncClient(timeout=self.timeout, verify=self.verify)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -404,7 +429,7 @@ class AsyncLabelStudioClient(_Base):
         import httpx
 
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
+            self._client = httpx.AsyncClient(timeout=self.timeout, verify=self.verify)
         method = method.upper()
         attempt = 0
         while True:
@@ -413,6 +438,9 @@ class AsyncLabelStudioClient(_Base):
                     method, f"{self.url}{path}", params=params, json=json_body,
                     headers=self._headers)
             except httpx.ConnectError as exc:
+                if _tls_failure(exc) is not None:
+                    raise self._error(f"{TLS_HINT}: {_short(exc)}", status=None, method=method,
+                                      path=path, sent=False, permanent=True) from None
                 error = self._error(f"ConnectError: {_short(exc)}", status=None, method=method,
                                     path=path, sent=False)
             except httpx.TimeoutException as exc:
