@@ -95,6 +95,17 @@ except OSError:
 """
 
 
+def exit_on_signals() -> None:
+    """Make SIGTERM (and SIGINT) end this process through its ``finally`` blocks, so that a
+    command which started a server stops it however it is ended (SIGKILL aside: see
+    :meth:`LabelStudioServer.stop_with_process`)."""
+    def leave(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+
+
 class LabelStudioServerError(RuntimeError):
     """Label Studio could not be started, stopped or reached."""
 

@@ -147,10 +147,14 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench fanout") -> int:
     try:
         url, token = args.url, args.token
         if not url:
-            from hitl_dev.labelstudio import LabelStudioServer, free_port
+            from hitl_dev.labelstudio import LabelStudioServer, exit_on_signals, free_port
 
             server = LabelStudioServer(data_dir=work / "ls-data", document_root=work,
                                        port=free_port())
+            # stopped however this process ends: SIGTERM/SIGINT run the finally below, and
+            # the watchdog stops it even after a SIGKILL
+            exit_on_signals()
+            watchdog = server.stop_with_process()
             began = time.perf_counter()
             server.start(timeout=300)
             print(f"started Label Studio at {server.url} in {time.perf_counter() - began:.0f} s",
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench fanout") -> int:
     finally:
         if server is not None:
             server.stop()
+            watchdog.kill()
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
     return 0 if result["no_duplicates"] else 1
