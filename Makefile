@@ -10,16 +10,19 @@ export HITL_HOME ?= $(CURDIR)/.hitl
 # `make demo HUMAN=1`: wait for a person to label in Label Studio instead of the simulator.
 export HUMAN
 
-.PHONY: setup browser demo test test-unit test-integration lint stop base-checkpoint clean
+.PHONY: setup debs demo test test-unit test-integration lint stop base-checkpoint clean
 
-setup: $(STAMP) $(LSSTAMP) browser
+setup: $(STAMP) $(LSSTAMP) debs
 
-# Debian's Chromium for the browser tests (what a labeler sees); Playwright drives it through
-# executable_path, so no browser is ever downloaded. Needs root (CI and these machines are).
-browser:
-	@command -v chromium >/dev/null || { echo "[setup] installing Debian's chromium"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-	  >/tmp/hitl-apt-chromium.log 2>&1 || { tail -20 /tmp/hitl-apt-chromium.log; exit 1; }; }
+# Debian packages the tests need, installed when missing (needs root: CI and these machines
+# are): chromium for the browser tests (Playwright drives it through executable_path, so no
+# browser is ever downloaded), docker-compose to validate docker-compose.yaml (no engine).
+DEBS := chromium docker-compose
+debs:
+	@missing=$$(for d in $(DEBS); do command -v $$d >/dev/null || echo $$d; done); \
+	if [ -n "$$missing" ]; then echo "[setup] installing Debian packages: $$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+	  >/tmp/hitl-apt.log 2>&1 || { tail -20 /tmp/hitl-apt.log; exit 1; }; fi
 
 # Reinstalls only when pyproject.toml changed; otherwise setup takes well under a second.
 $(STAMP): pyproject.toml
