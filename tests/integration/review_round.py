@@ -47,7 +47,10 @@ def review_round(label_studio, *, empty_answer: str = "reject", pool: bool = Fal
     folder = root / "images" / tag
     folder.mkdir(parents=True)
     coco = {"info": {}, "categories": CATS, "images": [], "annotations": []}
-    for image_id, labels in LABELS.items():
+    # images beyond LABELS get one circle each
+    labels_of = {**LABELS, **{i: [(i * 100 + 1, [10, 10, 30, 30], 1)] for i in images
+                              if i not in LABELS}}
+    for image_id, labels in labels_of.items():
         Image.new("RGB", (W, H), (90, 120, 150)).save(folder / f"{image_id}.png")
         coco["images"].append({"id": image_id, "file_name": f"{tag}/{image_id}.png",
                                "width": W, "height": H, "weight": 1.0,
@@ -68,7 +71,7 @@ def review_round(label_studio, *, empty_answer: str = "reject", pool: bool = Fal
     rnd = steps.Round(config, root, tag, "manual__review")
     items = []
     for image_id in images:
-        labels = LABELS[image_id]
+        labels = labels_of[image_id]
         first = labels[0]
         items.append(SelectedSample(
             image_id=image_id, file_name=f"{tag}/{image_id}.png", width=W, height=H,
