@@ -91,9 +91,33 @@ def _import_turn(paths: RoundPaths | None) -> Iterator[None]:
         yield
 
 
+def _wait_for_keys(client: LabelStudioClient, project_id: int, dag_id: str, run_id: str,
+                   ids: list[int], missing: list[str], batch_label: str | None,
+                   settle_s: float) -> None:
+    """Poll the keys of a sent import until they are all there or ``settle_s`` has passed.
+
+    An import that timed out or lost its answer may still be committing on the server;
+    reading the keys once, a second later, would find them missing and import them again
+    (duplicates that people would label twice).
+    """
+    began, delay = time.monotonic(), 0.5
+    while True:
+        found = client.tasks_by_key(project_id, dag_id, run_id, ids, batch_label=batch_label)
+        if all(k in found for k in missing):
+            return
+        left = settle_s - (time.monotonic() - began)
+        if left <= 0:
+            log.warning("%s of %s keys still missing after %.0f s: importing them again",
+                        sum(1 for k in missing if k not in found), len(missing), settle_s)
+            return
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 8.0)
+
+
 def submit_batch(client: LabelStudioClient, *, project_id: int, selection: SelectionManifest,
                  start: int, stop: int, dag_id: str, run_id: str, model_version: str,
                  paths: RoundPaths | None = None, attempts: int = 3, backoff: float = 1.0,
+                 settle_s: float = 30.0,
                  sync_model_version: bool = True) -> dict:
     """Import the samples ``selection.items[start:stop]`` that the project does not hold yet.
 
@@ -102,6 +126,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         task ids). Its records make the narrow key query safe (see
         :meth:`LabelStudioClient.tasks_by_key`); without it the exact range query is used.
     :param attempts: import attempts within this call when the import fails transiently.
+    :param settle_s: after a failed import that was sent, how long to wait for its keys to
+        appear (a server still committing it) before importing the missing ones again.
     :param sync_model_version: after importing, make the project show ``model_version`` (Label
         Studio accepts a version only once predictions carry it); False when it already does.
     :return: ``{"project_id", "submitted", "already_present", "batch": [start, stop],
@@ -154,6 +180,13 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         except LabelStudioError as exc:
             if not exc.transient or attempt + 1 >= attempts:
                 raise
+            if exc.sent:  # it may have reached the server, which may still be committing it
+                log.warning("Import of %s tasks failed (%s) after it was sent; waiting up to "
+                            "%.0f s for its keys before importing again", len(payload),
+                            exc.reason, settle_s)
+                _wait_for_keys(client, project_id, dag_id, run_id, ids, missing,
+                               label if narrow else None, settle_s)
+                continue
             delay = backoff_delay(attempt, backoff)
             log.warning("Import of %s tasks failed (%s); reading the keys again in %.1f s",
                         len(payload), exc.reason, delay)

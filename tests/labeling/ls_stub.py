@@ -27,6 +27,7 @@ class Fault:
     times: int = 1
     raw: bytes | None = None  # answer 200 with these bytes (a proxy's maintenance page)
     body: object = None  # answer 200 with this JSON instead of the route's
+    commit_after: float = 0.0  # with drop: do the work this many seconds later (a slow commit)
 
 
 @dataclass
@@ -92,6 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self._fault(method, url.path)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
+        if fault is not None and fault.drop and fault.commit_after:
+            threading.Timer(fault.commit_after, self._route,
+                            args=(method, url.path, parse_qs(url.query), body)).start()
+            self.close_connection = True
+            self.connection.close()
+            return
         if fault is not None and fault.drop and not fault.after:
             self.close_connection = True
             self.connection.close()

@@ -65,3 +65,18 @@ def test_a_batch_recorded_as_importing_is_queried_before_importing(tmp_path):
     client.import_tasks = real_import
     out = submit_batch(client, **args)
     assert (out["submitted"], out["already_present"], len(client.tasks)) == (0, 10, 10)
+
+
+def test_a_slow_commit_after_a_lost_answer_is_waited_for_not_imported_again(stub_ls, tmp_path):
+    """Issue 13, defect 5: an import whose answer was lost while the server still committed
+    it was re-read a second later, found missing and imported again (duplicates)."""
+    from hitl_plugin.labeling.client import LabelStudioClient
+
+    # the connection drops after the request; the server commits the tasks 2 s later
+    stub_ls.fault("POST", "/api/projects/1/import", drop=True, commit_after=2.0)
+    with LabelStudioClient(stub_ls.url, stub_ls.token, retries=0) as client:
+        out = submit_batch(client, **{**_args(tmp_path, 0, 10), "backoff": 0.2,
+                                      "settle_s": 10.0})
+    assert (out["submitted"], out["already_present"]) == (0, 10)
+    assert len(stub_ls.state.tasks) == 10  # each key once
+    assert stub_ls.count("POST", "/api/projects/1/import") == 1
