@@ -1,4 +1,5 @@
-"""``hitl dataset``: import a COCO folder as a new dataset, list versions, show a manifest."""
+"""``hitl dataset``: import a COCO folder as a new dataset, list versions, show a manifest,
+revert to an earlier version."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def main(argv: list[str], prog: str = "hitl dataset") -> int:
     show = sub.add_parser("show", help="print a version's manifest (LATEST by default)")
     show.add_argument("name")
     show.add_argument("version", nargs="?")
+    rev = sub.add_parser("revert", help="publish a new version equal to an earlier one "
+                         "(takes a bad round back; deletes nothing)")
+    rev.add_argument("name")
+    rev.add_argument("version", help="the version to return to")
+    rev.add_argument("--reason", required=True, help="why (kept in the new manifest)")
     args = parser.parse_args(argv)
 
     store = DatasetStore(args.root or storage_root(), args.name)
@@ -37,6 +43,9 @@ def main(argv: list[str], prog: str = "hitl dataset") -> int:
                 m = store.manifest(version)
                 mark = "*" if version == latest else " "
                 print(f"{mark} {version}  parent={m['parent']}  round={m['round']}  {m['counts']}")
+        elif args.action == "revert":
+            version = store.revert(args.version, reason=args.reason)
+            print(json.dumps(store.manifest(version), indent=1))
         else:
             version = args.version or store.require_latest()
             print(json.dumps(store.verify(version), indent=1))

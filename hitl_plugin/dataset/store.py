@@ -316,6 +316,39 @@ class DatasetStore:
             log.info("published dataset %s %s (parent %s): %s", self.name, version, parent, counts)
             return version
 
+    def revert(self, version: str, *, reason: str) -> str:
+        """Publish a new version equal to ``version``: a bad round is taken back, and nothing
+        is deleted (the versions in between stay, readable).
+
+        The new version's parent is LATEST; its manifest records ``reverted_to``, the
+        ``reason`` and the round keys of the versions it takes back.
+
+        :raises DatasetError: an unknown version, the one already LATEST, or no reason.
+        """
+        if not reason or not reason.strip():
+            raise DatasetError("a revert needs a reason (it is kept in the manifest)")
+        source = self.verify(version)  # exists, untouched
+        latest = self.require_latest()
+        if version == latest:
+            raise DatasetError(f"dataset {self.name!r}: {version} is already LATEST")
+        later = [v for v in self.versions() if version_number(v) > version_number(version)]
+        taken_back = [self.manifest(v).get("round_key") for v in later]
+
+        def copy(out: Any) -> dict:
+            with open(self.annotations_path(version), encoding="utf-8") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), ""):
+                    out.write(chunk)
+            return source["counts"]
+
+        published = self.publish(
+            writer=copy, parent=latest, round=None, note=f"revert to {version}: {reason}",
+            extra={"reverted_to": version, "reason": reason.strip(),
+                   "reverted_versions": later,
+                   "reverted_rounds": [k for k in taken_back if k]})
+        log.info("dataset %s: %s reverts to %s (%s); takes back %s", self.name, published,
+                 version, reason, later)
+        return published
+
     def _set_latest(self, version: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".LATEST.", dir=self.dir)
         with os.fdopen(fd, "w") as fh:

@@ -181,3 +181,41 @@ def test_import_checks_real_image_sizes_and_refuses_links_out(tmp_path):
     assert "declared 6400x4800" in text
     assert f"{train['images'][1]['file_name']}: leaves the source folder" in text
     assert store.latest() is None
+
+
+def test_revert_publishes_an_earlier_version_again_and_deletes_nothing(tmp_path):
+    """Issue 13, defect 15: a bad round could not be taken back."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hitl_plugin.dataset.merge import merge_corrections
+    from hitl_plugin.schemas import Corrections
+
+    store = DatasetStore(tmp_path, "d")
+    store.publish({"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+                   "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                                    "bbox": [1, 1, 3, 3], "area": 9, "iscrowd": 0}],
+                   "categories": [{"id": 1, "name": "a"}]}, parent=None)
+    bad = Corrections(dag_id="x", run_id="careless", dataset="d", version="v0001",
+                      items=[{"image_id": 1, "status": "labeled", "task_id": 1, "boxes": []}])
+    merge_corrections(store, base_version="v0001", corrections=bad, round_key="x|careless",
+                      human_weight=2.0, decay=0.5, report_path=tmp_path / "r.json")
+    assert store.load()["annotations"] == []
+    hitl = str(Path(sys.executable).with_name("hitl"))
+    out = subprocess.run([hitl, "dataset", "--root", str(tmp_path), "revert", "d", "v0001",
+                          "--reason", "a careless annotator emptied image 1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads(out.stdout)
+    assert (manifest["version"], manifest["parent"], manifest["reverted_to"]) == \
+        ("v0003", "v0002", "v0001")
+    assert manifest["reverted_rounds"] == ["x|careless"]
+    assert manifest["reason"] == "a careless annotator emptied image 1"
+    assert store.latest() == "v0003" and store.versions() == ["v0001", "v0002", "v0003"]
+    assert store.load("v0003") == store.load("v0001")
+    with pytest.raises(DatasetError, match="needs a reason"):
+        store.revert("v0001", reason=" ")
+    with pytest.raises(DatasetError, match="already LATEST"):
+        store.revert("v0003", reason="again")
