@@ -183,6 +183,7 @@ class _Merger:
         self.pool_boxes = 0
 
     def images(self, items: Iterator[str]) -> Iterator[str]:
+        log.debug("publish phase: %s", "images")  # the crash tests kill in each phase
         labeled, skipped = self.plan.labeled, self.plan.skipped
         found_skipped: set[int] = set()
         found: set[int] = set()
@@ -232,6 +233,7 @@ class _Merger:
         self.seen_skipped = sorted(found_skipped)
 
     def annotations(self, items: Iterator[str]) -> Iterator[str]:
+        log.debug("publish phase: %s", "annotations")
         accepted = self.accepted
         max_id = self.max_id
         n_old = 0

@@ -130,6 +130,11 @@ def iter_coco_lines(path: Path) -> Iterator[tuple[str, str]]:
                 yield current, line[:-1] if line.endswith(",") else line
 
 
+def _phase(name: str) -> None:
+    """Mark a phase of a publish in the debug log (the crash tests kill at each one)."""
+    log.debug("publish phase: %s", name)
+
+
 class DatasetStore:
     """The versions of one named dataset.
 
@@ -286,6 +291,7 @@ class DatasetStore:
                     out = _HashingWriter(raw)
                     counts = writer(out) if writer is not None else _counts_written(out, coco)
                     raw.flush()
+                    _phase("fsync")
                     os.fsync(raw.fileno())
                 manifest = {
                     "schema_version": MANIFEST_SCHEMA,
@@ -305,6 +311,7 @@ class DatasetStore:
                 write_json_atomic(tmp / MANIFEST, manifest)
                 for name in (ANNOTATIONS, MANIFEST):  # immutable: a reminder, not a guarantee
                     os.chmod(tmp / name, 0o444)
+                _phase("rename")
                 os.rename(tmp, self.dir / version)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -312,6 +319,7 @@ class DatasetStore:
             _fsync_dir(self.dir)
             if _before_latest is not None:
                 _before_latest(version)
+            _phase("latest")
             self._set_latest(version)
             log.info("published dataset %s %s (parent %s): %s", self.name, version, parent, counts)
             return version
