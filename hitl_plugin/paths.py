@@ -139,6 +139,10 @@ class RoundPaths:
     def merge_report(self) -> Path:
         return self.dir / "merge_report.json"
 
+    def replay_report(self, version: str) -> Path:
+        """The merge report of this round merged again (a replay onto ``version``)."""
+        return self.dir / f"merge_report.replay-{safe_component(version)}.json"
+
     @property
     def report(self) -> Path:
         """The round's summary (report step)."""

@@ -30,6 +30,14 @@ def main(argv: list[str], prog: str = "hitl dataset") -> int:
     rev.add_argument("name")
     rev.add_argument("version", help="the version to return to")
     rev.add_argument("--reason", required=True, help="why (kept in the new manifest)")
+    rep = sub.add_parser("replay", help="merge the rounds after a version again, without one "
+                         "annotator's answers or without one round (deletes nothing)")
+    rep.add_argument("name")
+    rep.add_argument("start", help="the version before the first affected round")
+    who = rep.add_mutually_exclusive_group(required=True)
+    who.add_argument("--without-annotator", help="leave out this annotator's answers")
+    who.add_argument("--without-round", help="leave out this round (its key, dag_id|run_id)")
+    rep.add_argument("--reason", required=True, help="why (kept in the new manifest)")
     args = parser.parse_args(argv)
 
     store = DatasetStore(args.root or storage_root(), args.name)
@@ -45,6 +53,13 @@ def main(argv: list[str], prog: str = "hitl dataset") -> int:
                 print(f"{mark} {version}  parent={m['parent']}  round={m['round']}  {m['counts']}")
         elif args.action == "revert":
             version = store.revert(args.version, reason=args.reason)
+            print(json.dumps(store.manifest(version), indent=1))
+        elif args.action == "replay":
+            from hitl_plugin.dataset.replay import replay_without
+
+            version = replay_without(store, start=args.start, reason=args.reason,
+                                     annotator=args.without_annotator,
+                                     round_key=args.without_round)
             print(json.dumps(store.manifest(version), indent=1))
         else:
             version = args.version or store.require_latest()

@@ -324,7 +324,7 @@ class DatasetStore:
             log.info("published dataset %s %s (parent %s): %s", self.name, version, parent, counts)
             return version
 
-    def revert(self, version: str, *, reason: str) -> str:
+    def revert(self, version: str, *, reason: str, extra: dict | None = None) -> str:
         """Publish a new version equal to ``version``: a bad round is taken back, and nothing
         is deleted (the versions in between stay, readable).
 
@@ -352,7 +352,7 @@ class DatasetStore:
             writer=copy, parent=latest, round=None, note=f"revert to {version}: {reason}",
             extra={"reverted_to": version, "reason": reason.strip(),
                    "reverted_versions": later,
-                   "reverted_rounds": [k for k in taken_back if k]})
+                   "reverted_rounds": [k for k in taken_back if k], **(extra or {})})
         log.info("dataset %s: %s reverts to %s (%s); takes back %s", self.name, published,
                  version, reason, later)
         return published
