@@ -188,14 +188,20 @@ class AirflowStack:
             [self._airflow(), "db", "migrate"], env=env, check=True,
             stdout=open(self.run_dir / "db-migrate.log", "w"), stderr=subprocess.STDOUT,
         )
-        for name, args in COMPONENTS.items():
-            logfile = open(self.run_dir / f"{name}.log", "ab")
-            proc = subprocess.Popen(
-                [self._airflow(), *args], env=env, stdout=logfile, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-            (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        for name in COMPONENTS:
+            self.start_component(name, env)
         self._wait_healthy(timeout, t0)
+
+    def start_component(self, name: str, env: dict[str, str] | None = None) -> int:
+        """Start one component, detached, with its PID file; return its pid (also to bring
+        back a component that died, as the fault tests do with the triggerer)."""
+        logfile = open(self.run_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [self._airflow(), *COMPONENTS[name]], env=env or self.env(), stdout=logfile,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        return proc.pid
 
     def _wait_healthy(self, timeout: float, t0: float) -> None:
         deadline = t0 + timeout

@@ -124,3 +124,96 @@ def test_sensor_defers_to_the_real_triggerer_and_resumes(label_studio, tmp_path)
     xcom = json.loads(Path(out).read_text())
     assert xcom["wait"]["complete"] and xcom["wait"]["completed"] == 4
     assert xcom["collect"]["labeled"] == 4 and xcom["collect"]["rejected"] == 0
+
+
+def test_the_wait_survives_a_killed_triggerer_and_a_label_studio_outage(label_studio,
+                                                                       tmp_path):
+    """Issue 13, suite items 3 and 4: while the round waits, the triggerer is killed with
+    SIGKILL and Label Studio is stopped; the triggerer comes back while Label Studio is still
+    down (its polls fail and back off), then Label Studio comes back. The wait resumes with
+    the same deadline, the round succeeds, and no task is duplicated."""
+    import os
+    import signal
+    import time
+
+    root = label_studio.root
+    items = [{"image_id": 800 + i, "file_name": f"trig/{i}.png", "width": 80, "height": 60,
+              "split": "pool", "reason": "uncertainty", "score": 0.6,
+              "predictions": [{"bbox": [5.0, 5.0, 20.0, 20.0], "category_id": 1,
+                               "score": 0.5}]} for i in range(4)]
+    selection = write_json_atomic(tmp_path / "selection.json", SelectionManifest(
+        dag_id=DAG_ID, run_id="prepared", dataset="trig", version="v0001",
+        model_version="trig-m2", categories=[{"id": 1, "name": "circle"}],
+        strategy="uncertainty", budget=4, seed=0, items=items))
+    truth = {"categories": [{"id": 1, "name": "circle"}],
+             "images": [{"id": 800 + i, "width": 80, "height": 60} for i in range(4)],
+             "annotations": [{"id": i + 1, "image_id": 800 + i, "category_id": 1,
+                              "bbox": [10.0, 10.0, 30.0, 20.0]} for i in range(4)]}
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "dag_id": DAG_ID, "storage": {"root": str(root)}, "schedule": {"cron": None},
+        "labeling": {"timeout_hours": 0.2, "poke_interval": 1.0,
+                     "project_title": "hitl-trig-faults"}}))
+    out = tmp_path / "xcom.json"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "labeling_triggerer_dag.py").write_text(DAG_FILE)
+    stack = AirflowStack(tmp_path / "home", port=free_port(), dags_folder=dags, extra_env={
+        "HITL_TEST_CONFIG": str(config), "HITL_TEST_SELECTION": str(selection),
+        "HITL_TEST_OUT": str(out)})
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    server = label_studio.server
+    stack.start()
+    try:
+        api = AirflowApi(stack.url, "admin", stack.password())
+        api.set_connection({"connection_id": "label_studio_default",
+                            "conn_type": "label_studio", "host": label_studio.url,
+                            "password": label_studio.token})
+        api.wait_for_dag(DAG_ID)
+        api.unpause(DAG_ID)
+        run_id = api.trigger(DAG_ID)["dag_run_id"]
+
+        def wait_state() -> str | None:
+            tis = {t["task_id"]: t for t in api.task_instances(DAG_ID, run_id)}
+            return tis.get("wait", {}).get("state")
+
+        limit = time.monotonic() + 240
+        while wait_state() != "deferred" and time.monotonic() < limit:
+            time.sleep(1)
+        assert wait_state() == "deferred"
+        from hitl_plugin.paths import Layout
+
+        deadline_file = Layout.at(root).round(DAG_ID, run_id).wait_deadline("wait")
+        deadline = json.loads(deadline_file.read_text())["deadline"]
+
+        # the triggerer dies mid-wait, and Label Studio goes down
+        triggerer = int((stack.run_dir / "triggerer.pid").read_text())
+        os.killpg(triggerer, signal.SIGKILL)
+        server.stop()
+        time.sleep(5)
+        stack.start_component("triggerer")  # back, while Label Studio is still down
+        time.sleep(15)  # its trigger polls a dead server, backing off
+        assert wait_state() == "deferred"
+        server.start(timeout=240)  # back after ~20 s down
+
+        project = client.find_project("hitl-trig-faults")["id"]
+        simulate(label_studio.url, label_studio.token, project, truth, until_empty=True,
+                 timeout=120, poll=0.5)
+        run = api.wait_run(DAG_ID, run_id, timeout=300, poll=2)
+        tis = {(t["task_id"], t.get("map_index", -1)): t
+               for t in api.task_instances(DAG_ID, run_id)}
+        assert run["state"] == "success", {k: t["state"] for k, t in tis.items()}
+    finally:
+        stack.stop()
+        if not server.status()["running"]:
+            server.start(timeout=240)  # the session's other tests need it
+
+    assert tis[("wait", -1)]["try_number"] == 1  # resumed by the trigger, not retried
+    assert json.loads(deadline_file.read_text())["deadline"] == deadline  # same deadline
+    tasks = list(client.iter_tasks(project, (), fields="task_only"))
+    assert len(tasks) == 4 and len({t["data"]["hitl_key"] for t in tasks}) == 4  # no dupes
+    trigger_logs = "\n".join(p.read_text(errors="replace") for p in (
+        stack.airflow_home / "logs").rglob("*.trigger.*log") if "task_id=wait" in str(p))
+    assert "Polling Label Studio failed" in trigger_logs  # it polled the dead server
+    xcom = json.loads(Path(out).read_text())
+    assert xcom["wait"]["complete"] and xcom["collect"]["labeled"] == 4
