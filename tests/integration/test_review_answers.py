@@ -178,3 +178,44 @@ def test_a_missing_or_wrong_project_fails_collect_instead_of_reading_no_answers(
                           project_id=other.project)
     assert not rr.rnd.paths.corrections.exists()
 
+
+
+def test_label_studio_stopped_during_a_submit_then_the_retry_creates_no_duplicates(
+        label_studio):
+    """Issue 13, suite item 4: the server goes down in the middle of a submit (after the
+    project setup, as the import is sent); the task fails; the retry, once it is back,
+    creates each task once."""
+    from hitl_plugin import steps
+    from hitl_plugin.exceptions import LabelStudioError
+    from hitl_plugin.labeling.client import LabelStudioClient
+    from hitl_plugin.model.select import batches
+    from hitl_plugin.schemas import SelectionManifest, read_model, write_json_atomic
+
+    rr = review_round(label_studio, images=(1, 2))  # a project with this round's 2 tasks
+    rnd = rr.rnd.__class__(rr.rnd.config, rr.rnd.root, rr.rnd.dag_id, "manual__second")
+    selection = read_model(SelectionManifest, rr.rnd.paths.selection).model_copy(
+        update={"run_id": rnd.run_id})
+    write_json_atomic(rnd.paths.selection, selection)
+    (batch,) = batches(len(selection.items), 10, rnd.paths.selection)
+    server = label_studio.server
+    with LabelStudioClient(label_studio.url, label_studio.token, retries=1,
+                           backoff=0.1) as client:
+        real = client.import_tasks
+
+        def import_while_the_server_goes_down(project_id, tasks):
+            server.stop()
+            return real(project_id, tasks)
+
+        client.import_tasks = import_while_the_server_goes_down
+        try:
+            with pytest.raises(LabelStudioError):
+                steps.submit(rnd, client, batch=batch)
+        finally:
+            server.start(timeout=240)
+        client.import_tasks = real
+        retry = steps.submit(rnd, client, batch=batch)
+        again = steps.submit(rnd, client, batch=batch)
+    assert (retry["submitted"], again["submitted"], again["already_present"]) == (2, 0, 2)
+    keys = [t["data"]["hitl_key"] for t in label_studio.api(
+        "GET", f"/api/tasks/?project={rr.project}&page_size=100")["tasks"]]
+    assert len(keys) == len(set(keys)) == 4  # the first round's 2 and this round's 2, once
