@@ -36,20 +36,21 @@ NAME = "coco"
 SIZES = [(640, 480), (480, 640), (640, 427), (500, 375), (640, 640), (427, 640)]
 
 
-def _peak_rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory figure of this process from ``/proc/self/status`` (``VmHWM``, ``VmRSS``)."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _peak_rss_bytes() -> int:
+    return _status_bytes("VmHWM")
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes("VmRSS")
 
 
 # -- the synthetic dataset -----------------------------------------------------------------

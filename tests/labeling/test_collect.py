@@ -4,6 +4,22 @@ produce on demand)."""
 from __future__ import annotations
 
 
+class _Answers:
+    """The answers of a Label Studio server, as a test double: faults only."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    def get_project(self, project_id):
+        return {"id": project_id}
+
+    def count_tasks(self, project_id, filters):
+        return len(self.tasks)
+
+    def iter_tasks(self, project_id, filters, fields="all"):
+        return iter(self.tasks)
+
+
 def test_a_task_with_a_bad_annotation_id_is_rejected_and_the_rest_collected():
     """Issue 13, defect 2: annotation ids that are not integers used to raise inside
     collect, and every retry failed the same way."""
@@ -26,17 +42,7 @@ def test_a_task_with_a_bad_annotation_id_is_rejected_and_the_rest_collected():
     tasks.append({"id": 16, "data": {"hitl_image_id": 6, "hitl_key": "d|r|6"},
                   "annotations": [{"id": 7, "result": [box], "updated_at": "2026"}]})
 
-    class Client:  # the answers of a server, as a test double; faults only
-        def get_project(self, project_id):
-            return {"id": project_id}
-
-        def count_tasks(self, project_id, filters):
-            return len(tasks)
-
-        def iter_tasks(self, project_id, filters, fields="all"):
-            return iter(tasks)
-
-    result = collect_corrections(Client(), project_id=1, dag_id="d", run_id="r",
+    result = collect_corrections(_Answers(tasks), project_id=1, dag_id="d", run_id="r",
                                  selection=selection)
     assert [c.image_id for c in result.items] == [6]
     assert sorted(r.image_id for r in result.rejected) == [1, 2, 3, 4, 5]
@@ -72,17 +78,7 @@ def test_regions_are_not_accepted_too_easily():
               "annotations": [{"id": i, "result": result, "updated_at": "2026-" + "9" * 500}]}
              for i, result in answers.items()]
 
-    class Client:  # the answers of a server, as a test double; faults only
-        def get_project(self, project_id):
-            return {"id": project_id}
-
-        def count_tasks(self, project_id, filters):
-            return len(tasks)
-
-        def iter_tasks(self, project_id, filters, fields="all"):
-            return iter(tasks)
-
-    result = collect_corrections(Client(), project_id=1, dag_id="d", run_id="r",
+    result = collect_corrections(_Answers(tasks), project_id=1, dag_id="d", run_id="r",
                                  selection=selection)
     reasons = {r.image_id: r.reason for r in result.rejected}
     assert "unknown object 'other_image'" in reasons[1]
