@@ -49,43 +49,55 @@ with DAG("%s", schedule=None, render_template_as_native_obj=True) as dag:
 ''' % DAG_ID
 
 
-def test_sensor_defers_to_the_real_triggerer_and_resumes(label_studio, tmp_path):
-    root = label_studio.root
-    items = [{"image_id": 700 + i, "file_name": f"trig/{i}.png", "width": 80, "height": 60,
-              "split": "pool", "reason": "uncertainty", "score": 0.6,
+def _round(label_studio, tmp_path, *, first_id: int, model_version: str, labeling: dict):
+    """Four selected images, their truth (for the SIMULATED annotators), the pipeline config
+    and a stack that serves DAG_FILE on them; not started."""
+    items = [{"image_id": first_id + i, "file_name": f"trig/{i}.png", "width": 80,
+              "height": 60, "split": "pool", "reason": "uncertainty", "score": 0.6,
               "predictions": [{"bbox": [5.0, 5.0, 20.0, 20.0], "category_id": 1,
                                "score": 0.5}]} for i in range(4)]
     selection = write_json_atomic(tmp_path / "selection.json", SelectionManifest(
         dag_id=DAG_ID, run_id="prepared", dataset="trig", version="v0001",
-        model_version="trig-m1", categories=[{"id": 1, "name": "circle"}],
+        model_version=model_version, categories=[{"id": 1, "name": "circle"}],
         strategy="uncertainty", budget=4, seed=0, items=items))
     truth = {"categories": [{"id": 1, "name": "circle"}],
-             "images": [{"id": 700 + i, "width": 80, "height": 60} for i in range(4)],
-             "annotations": [{"id": i + 1, "image_id": 700 + i, "category_id": 1,
+             "images": [{"id": first_id + i, "width": 80, "height": 60} for i in range(4)],
+             "annotations": [{"id": i + 1, "image_id": first_id + i, "category_id": 1,
                               "bbox": [10.0, 10.0, 30.0, 20.0]} for i in range(4)]}
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({
-        "dag_id": DAG_ID, "storage": {"root": str(root)}, "schedule": {"cron": None},
-        "labeling": {"timeout_hours": 0.1, "poke_interval": 1.0}}))
+        "dag_id": DAG_ID, "storage": {"root": str(label_studio.root)},
+        "schedule": {"cron": None}, "labeling": labeling}))
     out = tmp_path / "xcom.json"
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "labeling_triggerer_dag.py").write_text(DAG_FILE)
-
     stack = AirflowStack(tmp_path / "home", port=free_port(), dags_folder=dags, extra_env={
         "HITL_TEST_CONFIG": str(config), "HITL_TEST_SELECTION": str(selection),
         "HITL_TEST_OUT": str(out)})
+    return truth, out, stack
+
+
+def _trigger(stack, label_studio) -> tuple[AirflowApi, str]:
+    """Give the started stack the Label Studio connection and trigger one run."""
+    api = AirflowApi(stack.url, "admin", stack.password())
+    api.set_connection({"connection_id": "label_studio_default",
+                        "conn_type": "label_studio", "host": label_studio.url,
+                        "password": label_studio.token})
+    api.wait_for_dag(DAG_ID)
+    api.unpause(DAG_ID)
+    return api, api.trigger(DAG_ID)["dag_run_id"]
+
+
+def test_sensor_defers_to_the_real_triggerer_and_resumes(label_studio, tmp_path):
+    truth, out, stack = _round(label_studio, tmp_path, first_id=700,
+                               model_version="trig-m1",
+                               labeling={"timeout_hours": 0.1, "poke_interval": 1.0})
     client = LabelStudioClient(label_studio.url, label_studio.token)
     done, summary = threading.Event(), {}
     stack.start()
     try:
-        api = AirflowApi(stack.url, "admin", stack.password())
-        api.set_connection({"connection_id": "label_studio_default",
-                            "conn_type": "label_studio", "host": label_studio.url,
-                            "password": label_studio.token})
-        api.wait_for_dag(DAG_ID)
-        api.unpause(DAG_ID)
-        run_id = api.trigger(DAG_ID)["dag_run_id"]
+        api, run_id = _trigger(stack, label_studio)
 
         def annotators():
             project = None
@@ -136,42 +148,15 @@ def test_the_wait_survives_a_killed_triggerer_and_a_label_studio_outage(label_st
     import signal
     import time
 
-    root = label_studio.root
-    items = [{"image_id": 800 + i, "file_name": f"trig/{i}.png", "width": 80, "height": 60,
-              "split": "pool", "reason": "uncertainty", "score": 0.6,
-              "predictions": [{"bbox": [5.0, 5.0, 20.0, 20.0], "category_id": 1,
-                               "score": 0.5}]} for i in range(4)]
-    selection = write_json_atomic(tmp_path / "selection.json", SelectionManifest(
-        dag_id=DAG_ID, run_id="prepared", dataset="trig", version="v0001",
-        model_version="trig-m2", categories=[{"id": 1, "name": "circle"}],
-        strategy="uncertainty", budget=4, seed=0, items=items))
-    truth = {"categories": [{"id": 1, "name": "circle"}],
-             "images": [{"id": 800 + i, "width": 80, "height": 60} for i in range(4)],
-             "annotations": [{"id": i + 1, "image_id": 800 + i, "category_id": 1,
-                              "bbox": [10.0, 10.0, 30.0, 20.0]} for i in range(4)]}
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(yaml.safe_dump({
-        "dag_id": DAG_ID, "storage": {"root": str(root)}, "schedule": {"cron": None},
-        "labeling": {"timeout_hours": 0.2, "poke_interval": 1.0,
-                     "project_title": "hitl-trig-faults"}}))
-    out = tmp_path / "xcom.json"
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "labeling_triggerer_dag.py").write_text(DAG_FILE)
-    stack = AirflowStack(tmp_path / "home", port=free_port(), dags_folder=dags, extra_env={
-        "HITL_TEST_CONFIG": str(config), "HITL_TEST_SELECTION": str(selection),
-        "HITL_TEST_OUT": str(out)})
+    truth, out, stack = _round(label_studio, tmp_path, first_id=800,
+                               model_version="trig-m2",
+                               labeling={"timeout_hours": 0.2, "poke_interval": 1.0,
+                                         "project_title": "hitl-trig-faults"})
     client = LabelStudioClient(label_studio.url, label_studio.token)
     server = label_studio.server
     stack.start()
     try:
-        api = AirflowApi(stack.url, "admin", stack.password())
-        api.set_connection({"connection_id": "label_studio_default",
-                            "conn_type": "label_studio", "host": label_studio.url,
-                            "password": label_studio.token})
-        api.wait_for_dag(DAG_ID)
-        api.unpause(DAG_ID)
-        run_id = api.trigger(DAG_ID)["dag_run_id"]
+        api, run_id = _trigger(stack, label_studio)
 
         def wait_state() -> str | None:
             tis = {t["task_id"]: t for t in api.task_instances(DAG_ID, run_id)}
@@ -183,7 +168,7 @@ def test_the_wait_survives_a_killed_triggerer_and_a_label_studio_outage(label_st
         assert wait_state() == "deferred"
         from hitl_plugin.paths import Layout
 
-        deadline_file = Layout.at(root).round(DAG_ID, run_id).wait_deadline("wait")
+        deadline_file = Layout.at(label_studio.root).round(DAG_ID, run_id).wait_deadline("wait")
         deadline = json.loads(deadline_file.read_text())["deadline"]
 
         # the triggerer dies mid-wait, and Label Studio goes down
