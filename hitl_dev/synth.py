@@ -15,6 +15,20 @@ Output layout (``DIR``)::
     annotations/pool.json                   # images only ("annotations": [])
     annotations/pool_truth.json
     noise_report.json                       # every injected error, requested/realised rates
+    conditions.json                         # only with a tail: image id -> rare condition
+
+**A long tail** (``class_mix``, ``tail``), as real data has it: class imbalance (a relative
+weight per class, e.g. a rare class at 5 % of objects) and rare conditions, each given to a
+share of images (in every split alike): ``small`` (all objects 6-12 % of the image side),
+``occluded`` (more objects, up to 60 % hidden instead of a third) and ``background`` (an
+unusual, busy checkerboard background). Each image's condition is in ``conditions.json``.
+
+**Systematic errors** (``systematic``), as labeling vendors make them, on top of the random
+noise: ``confusion`` relabels a share of one class's boxes as another class (the same two
+classes every time), and ``vendor`` gives a share of the train images to one "vendor" who
+shifts every box by the same fraction of its size. They are listed in ``noise_report.json``
+as ``class_swap`` and ``bad_box`` errors with ``"systematic": "confusion" | "vendor"``; the
+random noise then goes to the boxes they left alone.
 
 Image ids are unique across splits (train first, then val, then pool); annotation ids are
 unique across all files. In ``train.json`` an annotation that is not an injected error has
@@ -57,6 +71,11 @@ MIN_OBJECTS, MAX_OBJECTS = 1, 6
 BAD_BOX_IOU = (0.2, 0.6)
 #: A spurious box may overlap drawn shapes by at most this fraction of its pixels.
 SPURIOUS_MAX_COVER = 0.05
+#: The rare conditions of a long tail (see the module docstring).
+CONDITIONS: tuple[str, ...] = ("small", "occluded", "background")
+SMALL_SIZE = (0.06, 0.12)
+OCCLUDED_MAX_OCCLUSION = 0.6
+OCCLUDED_OBJECTS = (4, 8)
 
 #: Base colors (RGB). Each class prefers two of them, but half of all shapes get any color.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -152,6 +171,18 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
+def _unusual_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A busy, high-contrast checkerboard of two random colours, slightly rotated."""
+    a, b = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+    cell = rng.uniform(4, 10)
+    theta = rng.uniform(0, math.pi / 2)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = xx * math.cos(theta) + yy * math.sin(theta)
+    v = -xx * math.sin(theta) + yy * math.cos(theta)
+    check = ((np.floor(u / cell) + np.floor(v / cell)) % 2)[..., None]
+    return (a * check + b * (1 - check)).astype(np.float32)
+
+
 def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
     if rng.random() < 0.5:
         choice = PALETTE[(cls * 3 + int(rng.integers(0, 2))) % len(PALETTE)]
@@ -161,26 +192,35 @@ def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
 
 
 def _render(
-    rng: np.random.Generator, size: int, classes: int
+    rng: np.random.Generator, size: int, classes: int, *,
+    class_p: np.ndarray | None = None, condition: str | None = None,
 ) -> tuple[np.ndarray, list[dict], np.ndarray]:
     """Draw one image.
 
+    :param class_p: probability of each class (None: uniform).
+    :param condition: a rare condition of :data:`CONDITIONS`, or None.
     :returns: uint8 RGB pixels, its objects (class index, tight box of the visible pixels,
         visible and full pixel counts) and the owner map (object index per pixel, -1 for
         background).
     """
     from PIL import Image, ImageFilter
 
-    img = _background(rng, size)
-    wanted = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
+    img = _unusual_background(rng, size) if condition == "background" else _background(rng, size)
+    max_occlusion = OCCLUDED_MAX_OCCLUSION if condition == "occluded" else MAX_OCCLUSION
+    low, high = OCCLUDED_OBJECTS if condition == "occluded" else (MIN_OBJECTS, MAX_OBJECTS)
+    wanted = int(rng.integers(low, high + 1))
     owner = np.full((size, size), -1, dtype=np.int16)
     objects: list[dict] = []
     tries = 0
     while len(objects) < wanted and tries < wanted * 8:
         tries += 1
-        cls = int(rng.integers(0, classes))
-        diameter = size * float(rng.uniform(MIN_SIZE, MAX_SIZE) if rng.random() < 0.6
-                                else rng.uniform(MIN_SIZE, 0.25))
+        cls = (int(rng.integers(0, classes)) if class_p is None
+               else int(rng.choice(classes, p=class_p)))
+        if condition == "small":
+            diameter = size * float(rng.uniform(*SMALL_SIZE))
+        else:
+            diameter = size * float(rng.uniform(MIN_SIZE, MAX_SIZE) if rng.random() < 0.6
+                                    else rng.uniform(MIN_SIZE, 0.25))
         radius = diameter / 2
         cx = float(rng.uniform(radius, size - radius))
         cy = float(rng.uniform(radius, size - radius))
@@ -194,7 +234,7 @@ def _render(
         ok = True
         for index, obj in enumerate(objects):
             left = obj["visible"] - int((covered == index).sum())
-            if left < (1 - MAX_OCCLUSION) * obj["full"]:
+            if left < (1 - max_occlusion) * obj["full"]:
                 ok = False
                 break
         if not ok:
@@ -299,6 +339,113 @@ def _spurious_box(rng: np.random.Generator, shapes: np.ndarray, boxes: list[list
     return None
 
 
+# -- long tail and systematic errors ------------------------------------------------------
+
+def _class_probabilities(mix, classes: int) -> np.ndarray | None:
+    if mix is None:
+        return None
+    weights = np.array([float(v) for v in mix], dtype=float)
+    if len(weights) != classes:
+        raise ValueError(f"class_mix has {len(weights)} weights for {classes} classes")
+    if not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("class_mix weights must be finite, >= 0 and not all 0")
+    return weights / weights.sum()
+
+
+def _check_tail(tail: dict[str, float] | None) -> dict[str, float] | None:
+    if not tail:
+        return None
+    unknown = set(tail) - set(CONDITIONS)
+    if unknown:
+        raise ValueError(f"unknown tail condition(s) {sorted(unknown)}; use {list(CONDITIONS)}")
+    shares = {c: float(tail.get(c, 0.0)) for c in CONDITIONS}
+    if any(not 0.0 <= v <= 1.0 for v in shares.values()) or sum(shares.values()) > 1.0:
+        raise ValueError("tail shares must be within [0, 1] and sum to at most 1")
+    return shares
+
+
+def _draw_condition(rng: np.random.Generator, tail: dict[str, float] | None) -> str | None:
+    if not tail:
+        return None
+    u, edge = float(rng.random()), 0.0
+    for condition in CONDITIONS:
+        edge += tail[condition]
+        if u < edge:
+            return condition
+    return None
+
+
+def _check_systematic(systematic: dict | None, classes: int) -> dict | None:
+    if not systematic:
+        return None
+    unknown = set(systematic) - {"confusion", "vendor"}
+    if unknown:
+        raise ValueError(f"unknown systematic error(s) {sorted(unknown)}; use confusion, vendor")
+    out: dict = {}
+    names = SHAPES[:classes]
+    if systematic.get("confusion"):
+        c = systematic["confusion"]
+        if c.get("from") not in names or c.get("to") not in names or c["from"] == c["to"]:
+            raise ValueError(f"systematic.confusion needs two different classes of {list(names)}")
+        rate = float(c.get("rate", 0.0))
+        if not 0.0 < rate <= 1.0:
+            raise ValueError("systematic.confusion.rate must be in (0, 1]")
+        out["confusion"] = {"from": c["from"], "to": c["to"], "rate": rate}
+    if systematic.get("vendor"):
+        v = systematic["vendor"]
+        share = float(v.get("share", 0.0))
+        offset = [float(x) for x in v.get("offset", ())]
+        if not 0.0 < share <= 1.0 or len(offset) != 2 or not all(map(math.isfinite, offset)):
+            raise ValueError("systematic.vendor needs share in (0, 1] and offset [fx, fy]")
+        out["vendor"] = {"share": share, "offset": offset}
+    return out or None
+
+
+def _systematic_errors(systematic: dict, truth_train: list[dict], noisy: dict[int, dict],
+                       train_ids: list[int], size: int, rng: np.random.Generator) -> list[dict]:
+    """Apply the consistent confusion and the vendor's box habit to ``noisy``; list them."""
+    errors: list[dict] = []
+    confusion = systematic.get("confusion")
+    if confusion:
+        src = SHAPES.index(confusion["from"]) + 1
+        dst = SHAPES.index(confusion["to"]) + 1
+        for ann in truth_train:
+            if ann["category_id"] == src and rng.random() < confusion["rate"]:
+                noisy[ann["id"]]["category_id"] = dst
+                errors.append({"image_id": ann["image_id"], "kind": "class_swap",
+                               "annotation_id": ann["id"], "truth_category_id": src,
+                               "category_id": dst, "systematic": "confusion"})
+    vendor = systematic.get("vendor")
+    if vendor:
+        swapped = {e["annotation_id"] for e in errors}
+        picked = {i for i in train_ids if rng.random() < vendor["share"]}
+        fx, fy = vendor["offset"]
+        for ann in truth_train:
+            if ann["image_id"] not in picked or ann["id"] in swapped:
+                continue
+            x, y, w, h = ann["bbox"]
+            nx = float(min(max(0.0, round(x + fx * w)), size - w))
+            ny = float(min(max(0.0, round(y + fy * h)), size - h))
+            box = [nx, ny, float(w), float(h)]
+            value = iou(box, ann["bbox"])
+            if value > 0.9:  # at an edge the shift is lost: leave that box right
+                continue
+            noisy[ann["id"]].update({"bbox": box})
+            errors.append({"image_id": ann["image_id"], "kind": "bad_box",
+                           "annotation_id": ann["id"], "truth_bbox": ann["bbox"], "bbox": box,
+                           "iou": round(value, 4), "systematic": "vendor"})
+    return errors
+
+
+def _objects_per_class(truth: dict[str, list[dict]], categories: list[dict]) -> dict[str, int]:
+    counts = {c["name"]: 0 for c in categories}
+    names = {c["id"]: c["name"] for c in categories}
+    for anns in truth.values():
+        for ann in anns:
+            counts[names[ann["category_id"]]] += 1
+    return counts
+
+
 # -- writing -------------------------------------------------------------------------------
 
 def _dump(path: Path, data: Any) -> None:
@@ -328,6 +475,9 @@ def generate(
     noise: float = 0.1,
     noise_split: str | dict[str, float] | None = None,
     seed: int = 0,
+    class_mix: list[float] | tuple[float, ...] | None = None,
+    tail: dict[str, float] | None = None,
+    systematic: dict | None = None,
 ) -> dict:
     """Write a synthetic dataset to ``out`` (see the module docstring for the layout).
 
@@ -341,6 +491,13 @@ def generate(
     :param noise_split: fractions per kind (dict or ``missing=0.25,spurious=...``);
         default equal.
     :param seed: random seed; same arguments and seed give the same bytes.
+    :param class_mix: a relative weight per class (class imbalance); None: uniform.
+    :param tail: share of images per rare condition (:data:`CONDITIONS`), e.g.
+        ``{"small": 0.08, "occluded": 0.08, "background": 0.06}``; None: none.
+    :param systematic: ``{"confusion": {"from": NAME, "to": NAME, "rate": r}, "vendor":
+        {"share": s, "offset": [fx, fy]}}`` (either key may be left out): a share ``r`` of
+        the train boxes of one class labeled as another, and a share ``s`` of train images
+        whose every box is shifted by ``fx`` x its width and ``fy`` x its height.
     :returns: small summary: counts, classes, requested and realised noise, seconds.
     """
     from PIL import Image
@@ -356,6 +513,9 @@ def generate(
     split = parse_split(noise_split)
     if classes == 1 and split["class_swap"] > 0 and noise > 0:
         raise ValueError("class_swap noise needs at least 2 classes")
+    class_p = _class_probabilities(class_mix, classes)
+    tail = _check_tail(tail)
+    systematic = _check_systematic(systematic, classes)
 
     started = time.monotonic()
     root = Path(out)
@@ -366,6 +526,7 @@ def generate(
     images: dict[str, list[dict]] = {}
     truth: dict[str, list[dict]] = {}
     shape_masks: dict[int, np.ndarray] = {}  # train image id -> union of shape pixels
+    conditions: dict[int, str] = {}
     image_id, ann_id, done = 0, 0, 0
     total = train + val + pool
     for name, count in zip(SPLIT_NAMES, (train, val, pool)):
@@ -375,7 +536,11 @@ def generate(
         for _ in range(count):
             image_id += 1
             rng = np.random.default_rng([seed, image_id])
-            pixels, objects, owner = _render(rng, imgsz, classes)
+            condition = _draw_condition(np.random.default_rng([seed, image_id, 11]), tail)
+            if condition:
+                conditions[image_id] = condition
+            pixels, objects, owner = _render(rng, imgsz, classes, class_p=class_p,
+                                             condition=condition)
             file_name = f"{name}/{image_id:06d}.png"
             Image.fromarray(pixels).save(root / "images" / file_name, format="PNG",
                                          compress_level=6)
@@ -400,7 +565,11 @@ def generate(
     wanted = _counts(int(round(noise * n_truth)), split)
     order = [int(i) for i in nrng.permutation(n_truth)]
     noisy = {a["id"]: dict(a) for a in truth_train}
-    errors: list[dict] = []
+    errors: list[dict] = _systematic_errors(
+        systematic, truth_train, noisy, [img["id"] for img in images["train"]], imgsz,
+        np.random.default_rng([seed, 7_000_002])) if systematic else []
+    touched = {e["annotation_id"] for e in errors}
+    order = [i for i in order if truth_train[i]["id"] not in touched]
     cursor = 0
 
     def next_candidates():
@@ -461,7 +630,10 @@ def generate(
     report = {
         "seed": seed,
         "truth_boxes": n_truth,
-        "requested": {"noise": noise, "split": split, "counts": wanted},
+        "requested": {"noise": noise, "split": split, "counts": wanted,
+                      "systematic": systematic or None},
+        "systematic": {k: sum(e.get("systematic") == k for e in errors)
+                       for k in ("confusion", "vendor")},
         "realised": {
             "noise": len(errors) / denom,
             "counts": realised_counts,
@@ -478,6 +650,9 @@ def generate(
     _dump(ann_dir / "pool.json", _coco(images["pool"], [], categories))
     _dump(ann_dir / "pool_truth.json", _coco(images["pool"], truth["pool"], categories))
     _dump(root / "noise_report.json", report)
+    if tail:
+        _dump(root / "conditions.json", {"tail": tail, "images": {
+            str(k): v for k, v in sorted(conditions.items())}})
 
     from hitl_plugin.dataset.coco import read_coco
 
@@ -490,6 +665,9 @@ def generate(
         "annotations": {"train": len(noisy), "train_truth": n_truth,
                         "val": len(truth["val"]), "pool_truth": len(truth["pool"])},
         "classes": [c["name"] for c in categories],
+        "objects_per_class": _objects_per_class(truth, categories),
+        "conditions": {c: sum(v == c for v in conditions.values()) for c in CONDITIONS}
+        if tail else None,
         "noise": {"requested": noise, "realised": round(report["realised"]["noise"], 4),
                   "counts": realised_counts},
         "seconds": round(time.monotonic() - started, 2),
@@ -511,12 +689,26 @@ def main(argv: list[str] | None = None, prog: str = "hitl synth") -> int:
     parser.add_argument("--noise-split", default=None,
                         help="e.g. missing=0.25,spurious=0.25,class_swap=0.25,bad_box=0.25")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class-mix", default=None,
+                        help="relative weight per class, e.g. 0.38,0.25,0.18,0.14,0.05")
+    parser.add_argument("--tail", default=None,
+                        help="share of images per rare condition, e.g. "
+                        "small=0.08,occluded=0.08,background=0.06")
+    parser.add_argument("--systematic", default=None,
+                        help='JSON, e.g. {"confusion": {"from": "triangle", "to": "star", '
+                        '"rate": 0.4}, "vendor": {"share": 0.3, "offset": [0.25, 0.2]}}')
     args = parser.parse_args(argv)
     try:
+        class_mix = ([float(v) for v in args.class_mix.split(",")] if args.class_mix
+                     else None)
+        tail = ({k.strip(): float(v) for k, v in (item.split("=", 1) for item in
+                 args.tail.split(",") if item.strip())} if args.tail else None)
+        systematic = json.loads(args.systematic) if args.systematic else None
         summary = generate(args.out, train=args.train, val=args.val, pool=args.pool,
                            classes=args.classes, imgsz=args.imgsz, noise=args.noise,
-                           noise_split=args.noise_split, seed=args.seed)
-    except ValueError as exc:
+                           noise_split=args.noise_split, seed=args.seed, class_mix=class_mix,
+                           tail=tail, systematic=systematic)
+    except (ValueError, json.JSONDecodeError) as exc:
         parser.error(str(exc))
     print(json.dumps(summary, indent=1))
     return 0
