@@ -130,6 +130,14 @@ class SelectionConfig(_Section):
     pool_share: float = Field(
         default=0.3, ge=0.0, le=1.0, description="Hybrid only: share of the budget for pool images."
     )
+    min_error_score: float = Field(
+        default=0.75,
+        ge=0.0,
+        le=1.0,
+        description="Hybrid only: a labeled image takes a label-error place only with a "
+        "label-error score at least this high; places left go to pool images. With a weak "
+        "model many clean labels look a little suspicious, and reviewing them labels nothing.",
+    )
     audit_fraction: float = Field(
         default=0.05,
         ge=0.0,

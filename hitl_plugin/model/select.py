@@ -13,9 +13,17 @@ number of train + pool images)``, capped by the number of scored images.
   when the pool runs out, labeled images by the same measure.
 - ``hybrid``: ``round(pool_share x n)`` pool images by uncertainty and the rest labeled
   images by label-error score (``n`` = budget minus the audit); a side that runs short
-  leaves its places to the other.
+  leaves its places to the other. Only labeled images with a label-error score of at least
+  ``min_error_score`` count on the labeled side: on a clean labeled start a weak model finds
+  a little suspicion on many images (16 of 40 clean images scored >= 0.5 after a first
+  40-image training), and reviewing those labels nothing. If both sides run short, the
+  rest of the labeled images fill the budget by score.
 - ``random``: the whole budget drawn uniformly from train + pool (reason ``audit``; no
   quotas: it is the baseline).
+
+**Checked once.** An image a person verified in an earlier round (``hitl_verified_round``,
+stamped by the merge) is not selected again, by any strategy: people's time goes to images
+nobody has checked yet.
 
 **Audit.** ``round(audit_fraction x budget)`` images are drawn uniformly from the images the
 scores did not choose (the random audit Amazon A2I offers): it measures what the scores miss.
@@ -132,9 +140,13 @@ def select_samples(
     quota = {name_to_id[n]: q for n, q in sorted(selection.per_class_quota.items()) if q > 0}
 
     rows: list[_Row] = []
+    verified = 0
     for rec in read_scores(scores_path):
         if rec.image_id not in images:
             raise ValueError(f"{scores_path}: image id {rec.image_id} is not in version {version}")
+        if images[rec.image_id].get("hitl_verified_round") is not None:
+            verified += 1
+            continue
         if rec.split == "train":
             classes = frozenset(label_classes.get(rec.image_id, ()))
         else:
@@ -166,8 +178,9 @@ def select_samples(
             queue = by_unc + [(r, "uncertainty", r.uncertainty)
                               for r in _ranked(train, "uncertainty")]
         else:  # hybrid
+            strong = sum(1 for _, _, v in by_error if v >= selection.min_error_score)
             n_pool = min(round(selection.pool_share * n_ranked), len(by_unc))
-            n_train = min(n_ranked - n_pool, len(by_error))
+            n_train = min(n_ranked - n_pool, strong)
             n_pool = min(n_ranked - n_train, len(by_unc))
             queue = by_unc[:n_pool] + by_error[:n_train] + by_error[n_train:] + by_unc[n_pool:]
             queue = queue[:n_pool + n_train] + sorted(
@@ -207,8 +220,8 @@ def select_samples(
         categories=[Category(id=c["id"], name=c["name"])
                     for c in sorted(coco["categories"], key=lambda c: c["id"])],
         strategy=strategy, budget=total, seed=seed, items=items)
-    log.info("selected %s of %s images (%s): %s", len(items), len(rows), strategy,
-             dict(Counter(i.reason for i in items)))
+    log.info("selected %s of %s images (%s; %s verified in earlier rounds left out): %s",
+             len(items), len(rows), strategy, verified, dict(Counter(i.reason for i in items)))
     return manifest
 
 

@@ -223,3 +223,34 @@ def test_bench_metrics_by_hand():
     assert sorted((a["id"], a.get("source")) for a in fixed["annotations"]) == [
         (1, "human"), (2, None)]
     assert fixed["annotations"][-1]["bbox"] == [5, 5, 1, 1]
+
+
+@pytest.mark.parametrize("strategy", ["label_error", "hybrid", "uncertainty", "random"])
+def test_images_verified_in_an_earlier_round_are_not_selected_again(tmp_path, strategy):
+    path, coco = make(tmp_path, n_train=20, n_pool=10)
+    checked = {1, 2, 3, 21, 22}  # the best-ranked of both sides, checked by a person before
+    for img in coco["images"]:
+        if img["id"] in checked:
+            img["hitl_verified_round"] = 2
+    m = run(path, coco, selection=SelectionConfig(audit_fraction=0.2, seed=3), budget=10,
+            strategy=strategy)
+    picked = {i.image_id for i in m.items}
+    assert len(picked) == 10 and not picked & checked
+    m_all = run(path, coco, selection=SelectionConfig(audit_fraction=0.0), budget=40,
+                strategy="random")
+    assert len(m_all.items) == 25  # capped by the 30 - 5 images nobody has checked
+    m_err = run(path, coco, selection=SelectionConfig(audit_fraction=0.0), budget=40,
+                strategy="label_error")
+    assert {i.image_id for i in m_err.items} == set(range(4, 21))
+
+
+def test_hybrid_gives_weakly_suspected_labeled_places_to_the_pool(tmp_path):
+    path, coco = make(tmp_path, n_train=20, n_pool=20)  # label-error scores 0.99 .. 0.80
+    m = run(path, coco, selection=SelectionConfig(audit_fraction=0.0, min_error_score=0.95),
+            budget=10)  # pool_share 0.3 -> 3 pool, but only images 1-5 score >= 0.95
+    assert Counter(i.split for i in m.items) == {"train": 5, "pool": 5}
+    assert {i.image_id for i in m.items if i.split == "train"} == set(range(1, 6))
+    m = run(path, coco, selection=SelectionConfig(audit_fraction=0.0, min_error_score=1.0),
+            budget=30)  # nothing strong and the pool short: labeled images fill by score
+    assert Counter(i.split for i in m.items) == {"pool": 20, "train": 10}
+    assert {i.image_id for i in m.items if i.split == "train"} == set(range(1, 11))
