@@ -409,11 +409,11 @@ def epoch_callback(path: Path, on_epoch: Callable[[dict], None] | None = None):
                 fh.flush()
                 os.fsync(fh.fileno())
             if validated:
-                log.info("epoch %s/%s: loss %s, mAP50 %s, mAP50-95 %s (%.1f s)",
+                log.info("epoch %s/%s: loss %.4f, mAP50 %s, mAP50-95 %s (%.1f s)",
                          row["epoch"] + 1, row["epochs"], sum(v or 0 for v in losses.values()),
                          row["map50"], row["map50_95"], row["epoch_seconds"] or 0.0)
             else:
-                log.info("epoch %s/%s: loss %s, not validated (%.1f s)", row["epoch"] + 1,
+                log.info("epoch %s/%s: loss %.4f, not validated (%.1f s)", row["epoch"] + 1,
                          row["epochs"], sum(v or 0 for v in losses.values()),
                          row["epoch_seconds"] or 0.0)
             if on_epoch is not None:
