@@ -171,3 +171,137 @@ def test_cli_writes_and_rejects_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(["--out", str(tmp_path / "e"), *bad])
         assert exc.value.code == 2
+
+
+# -- the long tail and systematic errors (the rounds benchmark's scenarios) -----------------
+
+TAIL = {"small": 0.15, "occluded": 0.15, "background": 0.15}
+
+
+@pytest.fixture(scope="module")
+def tailed(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "tail"
+    generate(out, train=120, val=40, pool=140, classes=5, imgsz=96, noise=0.0, seed=11,
+             class_mix=[0.38, 0.25, 0.17, 0.14, 0.065], tail=TAIL)
+    return out
+
+
+def test_class_mix_makes_a_rare_class_in_every_split(tailed):
+    counts = {}
+    for name in ("train_truth", "val", "pool_truth"):
+        for ann in _load(tailed, name)["annotations"]:
+            counts[ann["category_id"]] = counts.get(ann["category_id"], 0) + 1
+    total = sum(counts.values())
+    assert 0.025 < counts[5] / total < 0.08  # hexagon, about 5 % of objects
+    assert counts[1] > 2.5 * counts[5] and counts[1] > counts[2] > counts[3]  # imbalance
+    assert all(any(a["category_id"] == 5 for a in _load(tailed, n)["annotations"])
+               for n in ("train_truth", "pool_truth"))
+
+
+def test_rare_conditions_are_recorded_and_look_as_named(tailed):
+    info = json.loads((tailed / "conditions.json").read_text())
+    assert info["tail"] == TAIL
+    conditions = {int(k): v for k, v in info["images"].items()}
+    n_images = 300
+    for name in ("small", "occluded", "background"):
+        share = sum(v == name for v in conditions.values()) / n_images
+        assert 0.07 < share < 0.25, (name, share)
+    boxes: dict[int, list[dict]] = {}
+    for name in ("train_truth", "val", "pool_truth"):
+        for ann in _load(tailed, name)["annotations"]:
+            boxes.setdefault(ann["image_id"], []).append(ann)
+    small = [max(a["bbox"][2:]) for i, c in conditions.items() if c == "small"
+             for a in boxes.get(i, [])]
+    plain = [max(a["bbox"][2:]) for i in range(1, n_images + 1) if i not in conditions
+             for a in boxes.get(i, [])]
+    assert max(small) <= 0.12 * 96 + 2 and np.median(small) <= 0.6 * np.median(plain)
+    per_image = lambda cond: np.mean([len(boxes.get(i, [])) for i, c in conditions.items()  # noqa: E731
+                                      if c == cond])
+    assert per_image("occluded") > np.mean([len(boxes.get(i, [])) for i in range(1, 301)
+                                            if i not in conditions])
+    # the unusual background is a checkerboard: far more contrast between neighbours
+    def busy(image_id: int) -> float:
+        split = "train" if image_id <= 120 else "val" if image_id <= 160 else "pool"
+        px = np.asarray(Image.open(tailed / "images" / split / f"{image_id:06d}.png"), float)
+        return float(np.abs(np.diff(px, axis=1)).mean())
+    bg = [busy(i) for i, c in conditions.items() if c == "background"][:10]
+    other = [busy(i) for i in range(1, 40) if i not in conditions][:10]
+    assert np.median(bg) > 1.5 * np.median(other)
+
+
+def test_no_tail_no_mix_gives_the_same_bytes_as_before(tmp_path):
+    """The defaults draw exactly what earlier versions drew (fixtures and demos depend on it)."""
+    kwargs = dict(train=5, val=2, pool=2, classes=3, imgsz=64, noise=0.2, seed=4)
+    generate(tmp_path / "a", **kwargs)
+    generate(tmp_path / "b", class_mix=None, tail=None, systematic=None, **kwargs)
+    assert _all_files(tmp_path / "a") == _all_files(tmp_path / "b")
+    assert not (tmp_path / "a" / "conditions.json").exists()
+
+
+SYSTEMATIC = {"confusion": {"from": "triangle", "to": "star", "rate": 0.5},
+              "vendor": {"share": 0.3, "offset": [0.2, 0.15]}}
+
+
+@pytest.fixture(scope="module")
+def vendor(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "vendor"
+    generate(out, train=80, val=4, pool=0, classes=4, imgsz=96, noise=0.05, seed=12,
+             systematic=SYSTEMATIC)
+    return out
+
+
+def test_systematic_errors_are_consistent_and_listed(vendor):
+    report = json.loads((vendor / "noise_report.json").read_text())
+    truth = {a["id"]: a for a in _load(vendor, "train_truth")["annotations"]}
+    noisy = {a["id"]: a for a in _load(vendor, "train")["annotations"]}
+    confusion = [e for e in report["errors"] if e.get("systematic") == "confusion"]
+    shifted = [e for e in report["errors"] if e.get("systematic") == "vendor"]
+    assert report["systematic"] == {"confusion": len(confusion), "vendor": len(shifted)}
+    triangles = [a for a in truth.values() if a["category_id"] == 3]
+    assert 0.3 < len(confusion) / len(triangles) < 0.7
+    for e in confusion:  # always the same two classes
+        assert (e["kind"], e["truth_category_id"], e["category_id"]) == ("class_swap", 3, 4)
+        assert noisy[e["annotation_id"]]["category_id"] == 4
+    vendor_images = {e["image_id"] for e in shifted}
+    assert 0.15 < len(vendor_images) / 80 < 0.45
+    for e in shifted:  # the vendor's one habit: every box moved by the same share of its size
+        x, y, w, h = truth[e["annotation_id"]]["bbox"]
+        nx, ny, nw, nh = noisy[e["annotation_id"]]["bbox"]
+        assert (nw, nh) == (w, h) and e["kind"] == "bad_box"
+        inside_x = 0 < x + 0.2 * w < 96 - w
+        inside_y = 0 < y + 0.15 * h < 96 - h
+        if inside_x:
+            assert abs(nx - (x + 0.2 * w)) <= 0.5
+        if inside_y:
+            assert abs(ny - (y + 0.15 * h)) <= 0.5
+        assert iou([nx, ny, nw, nh], [x, y, w, h]) == pytest.approx(e["iou"], abs=1e-3)
+    # the random noise goes to boxes the systematic errors left alone, and is listed too
+    systematic_ids = {e["annotation_id"] for e in confusion + shifted}
+    random_errors = [e for e in report["errors"] if "systematic" not in e]
+    assert random_errors and not {e["annotation_id"] for e in random_errors
+                                  if e["kind"] != "spurious"} & systematic_ids
+    # every difference between the files is a listed error: the truth is known
+    listed = {e["annotation_id"] for e in report["errors"]}
+    for ann_id, ann in truth.items():
+        if ann_id not in listed:
+            assert noisy[ann_id] == ann
+
+
+def test_truth_does_not_depend_on_the_errors(vendor, tmp_path):
+    generate(tmp_path, train=80, val=4, pool=0, classes=4, imgsz=96, noise=0.0, seed=12)
+    assert _load(tmp_path, "train_truth") == _load(vendor, "train_truth")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"class_mix": [1, 2]}, "2 weights for 3 classes"),
+    ({"class_mix": [1, -1, 1]}, "class_mix weights"),
+    ({"tail": {"foggy": 0.1}}, "unknown tail condition"),
+    ({"tail": {"small": 0.7, "occluded": 0.5}}, "sum to at most 1"),
+    ({"systematic": {"confusion": {"from": "circle", "to": "circle", "rate": 0.5}}},
+     "two different classes"),
+    ({"systematic": {"vendor": {"share": 0.3}}}, "offset"),
+    ({"systematic": {"typo": {}}}, "unknown systematic"),
+])
+def test_bad_tail_or_systematic_settings_name_the_field(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tmp_path, train=2, val=1, pool=0, classes=3, imgsz=64, **bad)
