@@ -161,6 +161,28 @@ class SelectionConfig(_Section):
         default=0.75, gt=0.0, le=1.0, description="A matched box below this IoU is a bad box."
     )
     seed: int = Field(default=0, description="Seed of the audit draw and tie-breaking.")
+    auto_accept: bool = Field(
+        default=False,
+        description="Accept the model's confident boxes on pool images without a person: a "
+        "pool image whose every box is confident is labeled by the model (pseudo-labels, "
+        "provenance `model`, weight `merge.model_weight`); in an image sent to people the "
+        "confident boxes are pre-filled and marked as accepted by the model.",
+    )
+    auto_accept_threshold: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="Score from which a model box is accepted. Empty: calibrated each round "
+        "on the held-out set to `auto_accept_precision`.",
+    )
+    auto_accept_precision: float = Field(
+        default=0.99, gt=0.0, le=1.0,
+        description="Target precision of accepted boxes (IoU >= 0.5, same class) on the "
+        "held-out set, when the threshold is calibrated.",
+    )
+    auto_accept_max_images: int | None = Field(
+        default=None, ge=0,
+        description="Pool images the model may label alone per round (default: the round's "
+        "budget, so pseudo-labels never outnumber the people's).",
+    )
 
 
 class LabelingConfig(_Section):
@@ -212,6 +234,11 @@ class MergeConfig(_Section):
         le=1.0,
         description="Per later round, the extra weight (weight - 1) is multiplied by this, so "
         "older corrections fade towards 1.0 and the newest do not dominate forever.",
+    )
+    model_weight: float = Field(
+        default=0.5, gt=0.0, le=1.0,
+        description="Sampling weight of an image the model labeled alone "
+        "(`selection.auto_accept`): below a person's, as pseudo-labels can be wrong.",
     )
 
 

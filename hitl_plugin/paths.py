@@ -101,6 +101,11 @@ class RoundPaths:
         return self.dir / "scores.jsonl"
 
     @property
+    def auto_accept(self) -> Path:
+        """The calibrated auto-accept threshold of the scoring model (score step)."""
+        return self.dir / "auto_accept.json"
+
+    @property
     def selection(self) -> Path:
         """What the round sends to people (select step)."""
         return self.dir / "selection.json"

@@ -147,12 +147,27 @@ def summary_text(rep: dict) -> str:
         + (", ".join(f"{n} {k}" for k, n in sorted(fixed.items())) or "none"),
         f"  new images labeled from the pool: {rep['pool_labeled']} "
         f"({rep['pool_boxes_labeled']} boxes)",
+        *_auto_accept_lines(rep.get("auto_accept")),
         f"  mAP50-95 before: {_fmt(rep['map50_95_before'])}   after: "
         f"{_fmt(rep['map50_95_after'])}",
         f"  new dataset version: {rep['new_version']} (parent {rep['base_version']})",
         f"  plot: {rep['plot']}",
     ]
     return "\n".join(lines)
+
+
+def _auto_accept_lines(aa: dict | None) -> list[str]:
+    if not aa:
+        return []
+    how = (f"calibrated to precision {aa.get('target_precision')} on the held-out set"
+           if aa.get("source") == "calibrated" else "from the config")
+    if aa.get("threshold") is None:
+        return [f"  auto-accept: off this round (no score reaches the target precision; {how})"]
+    return [f"  auto-accepted by the model (score >= {aa['threshold']:.3f}, {how}): "
+            f"{aa['images']} pool images, {aa['boxes']} boxes",
+            f"    against it: {aa['accepted_boxes_changed_by_people']} accepted boxes changed "
+            f"by people in their tasks, {aa['earlier_model_labels_corrected']} earlier "
+            "model labels corrected"]
 
 
 def _fmt(value: float | None) -> str:
@@ -181,7 +196,9 @@ def write_round_report(
     corrections = read_model(Corrections, paths.corrections)
     merge_report = json.loads(Path(merge["report"]).read_text(encoding="utf-8"))
     by_suspicion = Counter(s.kind for item in selection.items for s in item.suspicions)
-    answers = Counter(c.answer for c in corrections.items if c.status == "labeled")
+    people = [c for c in corrections.items if c.source == "human"]
+    answers = Counter(c.answer for c in people if c.status == "labeled")
+    counts = merge_report["counts"]
     rep = {
         "schema_version": REPORT_SCHEMA,
         "dag_id": dag_id,
@@ -195,8 +212,8 @@ def write_round_report(
             "by_suspicion": dict(by_suspicion),
         },
         "corrections": {
-            "labeled": sum(1 for c in corrections.items if c.status == "labeled"),
-            "skipped": sum(1 for c in corrections.items if c.status == "skipped"),
+            "labeled": sum(1 for c in people if c.status == "labeled"),
+            "skipped": sum(1 for c in people if c.status == "skipped"),
             "rejected": len(corrections.rejected),
             # what people did with the boxes they started from (see Correction.answer)
             "confirmed": answers["confirmed"],
@@ -205,6 +222,15 @@ def write_round_report(
                                             if r.answer == "empty"),
             # regions left out of accepted answers, each with its reason in corrections.json
             "regions_dropped": sum(len(c.dropped) for c in corrections.items),
+        },
+        # selection.auto_accept: what the model labeled alone, and what people undid of it
+        "auto_accept": None if selection.auto_accept is None else {
+            **selection.auto_accept.model_dump(),
+            "images": counts.get("auto_labeled_images", 0),
+            "boxes": counts.get("model_boxes_written", 0),
+            "accepted_boxes_changed_by_people": counts.get("accepted_boxes_changed_by_people",
+                                                           0),
+            "earlier_model_labels_corrected": counts.get("model_labels_corrected", 0),
         },
         "labels_confirmed": merge_report["counts"].get("labels_confirmed", 0),
         "fixed": merge_report.get("fixed_by_kind", {}),

@@ -118,6 +118,33 @@ class SelectedSample(_Model):
     labels: list[LabelBox] = Field(default_factory=list)
 
 
+class AutoAcceptance(_Model):
+    """How the round's model boxes were auto-accepted (``selection.auto_accept``).
+
+    ``threshold``: a model box with at least this score is accepted without a person;
+    ``source``: ``config`` (``selection.auto_accept_threshold``) or ``calibrated`` (the
+    lowest score at which the model's boxes on the held-out set reach ``target_precision``);
+    ``held_out_precision``/``held_out_boxes``: what the calibration measured there.
+    """
+
+    threshold: float | None
+    source: Literal["config", "calibrated"]
+    target_precision: float | None = None
+    held_out_precision: float | None = None
+    held_out_boxes: int | None = None
+    model_version: str | None = None
+
+
+class AutoAccepted(_Model):
+    """A pool image whose every model box was accepted: labeled by the model, no person."""
+
+    image_id: int
+    file_name: str
+    width: int
+    height: int
+    boxes: list[Prediction]
+
+
 class SelectionManifest(_Model):
     """What a round sends to the labeling service (``selection.json``)."""
 
@@ -132,11 +159,17 @@ class SelectionManifest(_Model):
     budget: int
     seed: int
     items: list[SelectedSample]
+    #: with ``selection.auto_accept``: the threshold used, and the pool images the model
+    #: labels alone this round (they go to no person)
+    auto_accept: AutoAcceptance | None = None
+    auto_accepted: list[AutoAccepted] = Field(default_factory=list)
 
 
 class CorrectedBox(_Model):
     bbox: list[float] = Field(min_length=4, max_length=4)
     category_id: int
+    #: the model's score, for a box the model labeled alone (``source: model``)
+    score: float | None = None
 
 
 AnswerKind = Literal["confirmed", "edited", "empty"]
@@ -164,6 +197,13 @@ class Correction(_Model):
     #: Regions of the answer left out, each with the rule and the reason (a duplicate, a
     #: stray sub-pixel box).
     dropped: list[str] = Field(default_factory=list)
+    #: ``human`` (a person's answer) or ``model`` (auto-accepted boxes: pseudo-labels)
+    source: Literal["human", "model"] = "human"
+    #: for ``source: model``, the checkpoint that labeled the image
+    model_version: str | None = None
+    #: boxes the model had auto-accepted in the task that the person changed or removed
+    #: (counted against ``selection.auto_accept``)
+    accepted_changed: int = 0
 
 
 class Rejected(_Model):

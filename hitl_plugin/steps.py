@@ -268,6 +268,21 @@ def score(rnd: Round, *, checkpoint: str, version: str | None = None,
                           selection=rnd.config.selection, imgsz=imgsz, device=t.device,
                           threads=t.threads)
     log.info("Scored %s images in %s s", result["n_images"], result["seconds"])
+    sel = rnd.config.selection
+    if sel.auto_accept and sel.auto_accept_threshold is None:
+        from hitl_plugin.model.autoaccept import calibrate_threshold, held_out_predictions
+
+        val = json.loads(rnd.layout.val_file(rnd.config.dataset.name).read_text(
+            encoding="utf-8"))
+        preds = held_out_predictions(checkpoint, val, rnd.root, rnd.paths.dir, imgsz=imgsz,
+                                     device=t.device, threads=t.threads, conf=sel.conf)
+        calibration = calibrate_threshold(val, preds, precision=sel.auto_accept_precision)
+        write_json_atomic(rnd.paths.auto_accept, {**calibration, "checkpoint": str(checkpoint),
+                                                  "target_precision": sel.auto_accept_precision})
+        log.info("Auto-accept threshold calibrated on %s held-out images: %s (precision %s "
+                 "on %s boxes; target %s)", len(val["images"]), calibration["threshold"],
+                 calibration["held_out_precision"], calibration["held_out_boxes"],
+                 sel.auto_accept_precision)
     return {"scores": result["scores"], "n_images": result["n_images"], "version": version,
             "seconds": result["seconds"]}
 
@@ -281,17 +296,28 @@ def select(rnd: Round, *, scores: str, version: str, model_version: str,
     :return: the selection's path and counts, and the fan-out ``batches`` of
         ``labeling.batch_size`` images each.
     """
+    from hitl_plugin.model.autoaccept import acceptance
     from hitl_plugin.model.select import batches, select_samples
 
     coco = rnd.store.load(version)
+    calibration = None
+    calibration_file = Path(scores).with_name(rnd.paths.auto_accept.name)
+    if calibration_file.is_file():
+        calibration = json.loads(calibration_file.read_text(encoding="utf-8"))
     manifest = select_samples(
         scores, coco, selection=rnd.config.selection, dag_id=rnd.dag_id, run_id=rnd.run_id,
         dataset=rnd.config.dataset.name, version=version, model_version=model_version,
-        budget=budget, strategy=strategy)
+        budget=budget, strategy=strategy,
+        auto_accept=acceptance(rnd.config.selection, calibration=calibration,
+                               model_version=model_version))
     path = write_json_atomic(rnd.paths.selection, manifest)
     by_reason = dict(Counter(item.reason for item in manifest.items))
     log.info("Selected %s images (%s, budget %s): %s", len(manifest.items), manifest.strategy,
              manifest.budget, by_reason)
+    if manifest.auto_accept is not None:
+        log.info("Auto-accept (threshold %s, %s): %s pool image(s) labeled by the model alone, "
+                 "%s box(es)", manifest.auto_accept.threshold, manifest.auto_accept.source,
+                 len(manifest.auto_accepted), sum(len(a.boxes) for a in manifest.auto_accepted))
     return {"selection": str(path), "n_selected": len(manifest.items), "by_reason": by_reason,
             "batches": batches(len(manifest.items), rnd.config.labeling.batch_size, path)}
 
@@ -495,7 +521,7 @@ def merge(rnd: Round, *, corrections: str, base_version: str | None = None) -> M
     result = merge_corrections(
         rnd.store, base_version=base_version or parsed.version, corrections=parsed,
         round_key=rnd.key, human_weight=merge_cfg.human_weight, decay=merge_cfg.decay,
-        report_path=rnd.paths.merge_report)
+        report_path=rnd.paths.merge_report, model_weight=merge_cfg.model_weight)
     log.info("Dataset %s %s (parent %s): %s images corrected, %s labeled from the pool, "
              "%s skipped, %s conflict(s), %s rejected; report %s", rnd.config.dataset.name,
              result["version"], result["parent"], result["images_corrected"],

@@ -156,10 +156,15 @@ class _Merger:
     """State of one streaming merge; its generators run in the order the file is written."""
 
     def __init__(self, *, plan: _Plan, number: int, human_weight: float, decay: float,
-                 now: str, categories: set[int], min_next_id: int) -> None:
+                 now: str, categories: set[int], min_next_id: int,
+                 model_weight: float = 0.5) -> None:
         self.plan = plan
         self.number = number
         self.human_weight = human_weight
+        self.model_weight = model_weight
+        #: pool images the model labeled alone (auto-accept) and their boxes
+        self.auto_labeled = 0
+        self.n_model = 0
         self.decay = decay
         self.now = now
         self.categories = categories
@@ -199,6 +204,19 @@ class _Merger:
                      if (p := box_problem(b.bbox, b.category_id, img, self.categories))),
                     None,
                 )
+                if problem is None and corr.source == "model":
+                    if img.get("hitl_split") != "pool":
+                        problem = "the model may only label pool images alone"
+                    else:
+                        self.accepted[image_id] = corr
+                        was_weighted = img.get("weight", 1.0) != 1.0
+                        img["weight"] = float(self.model_weight)
+                        img["hitl_split"] = "train"
+                        img["hitl_auto_round"] = self.number
+                        self.auto_labeled += 1
+                        self.weighted_delta += (img["weight"] != 1.0) - was_weighted
+                        yield _line(img)
+                        continue
                 if problem is None:
                     self.accepted[image_id] = corr
                     was_weighted = img.get("weight", 1.0) != 1.0
@@ -250,6 +268,19 @@ class _Merger:
         for image_id in sorted(accepted):
             corr = accepted[image_id]
             old = [json.loads(x) for x in self.old_lines.pop(image_id, [])]
+            if corr.source == "model":  # pseudo-labels of a pool image: no history to keep
+                for b in corr.boxes:
+                    max_id += 1
+                    bbox = [float(v) for v in b.bbox]
+                    ann = {"id": max_id, "image_id": image_id, "category_id": b.category_id,
+                           "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
+                           "source": "model", "round": self.number, "annotator": "model",
+                           "time": corr.time or self.now,
+                           "provenance": {"model_version": corr.model_version,
+                                          "score": b.score}}
+                    self.n_model += 1
+                    yield _line(ann)
+                continue
             annotator = corr.annotator or "unknown"
             when = corr.time or self.now
             boxes = [{"bbox": [float(v) for v in b.bbox], "category_id": b.category_id}
@@ -366,6 +397,7 @@ def merge_corrections(
     decay: float,
     now: str | None = None,
     report_path: str | Path | None = None,
+    model_weight: float = 0.5,
 ) -> dict:
     """Publish a new dataset version with the corrections of one round merged in.
 
@@ -394,6 +426,11 @@ def merge_corrections(
     :param round_key: idempotency key, ``"<dag_id>|<run_id>"``.
     :param human_weight: sampling weight of images verified this round.
     :param decay: factor applied, per merge, to the extra weight of older verifications.
+    :param model_weight: sampling weight of a pool image the model labeled alone (a
+        correction with ``source: model``: its boxes are written with ``source: model`` and
+        ``provenance: {model_version, score}``; the image is not stamped verified, so people
+        may still review it, and a person's later fix of such a box is counted in
+        ``model_labels_corrected``).
     :param now: ISO time for boxes whose correction carries none (default: now, UTC).
     :param report_path: where the merge report goes (default
         ``rounds/<dag_id>/<run_id>/merge_report.json`` from the round key).
@@ -446,7 +483,7 @@ def merge_corrections(
         categories = {c["id"] for c in head.get("categories", [])}
         merger = _Merger(
             plan=plan, number=number, human_weight=human_weight, decay=decay, now=now,
-            categories=categories,
+            categories=categories, model_weight=model_weight,
             min_next_id=parent_manifest["counts"].get("max_annotation_id", 0) + 1,
         )
         write_coco_lines(out, head, {
@@ -530,6 +567,10 @@ def _report(store: DatasetStore, merger: _Merger, plan: _Plan, corrections: Corr
         "human_boxes_written": merger.n_new,
         "labels_confirmed": merger.n_confirmed,
         "weights_decayed": merger.decayed,
+        "auto_labeled_images": merger.auto_labeled,
+        "model_boxes_written": merger.n_model,
+        "model_labels_corrected": merger.removed_sources.get("model", 0),
+        "accepted_boxes_changed_by_people": sum(c.accepted_changed for c in corrections.items),
         "fixed_by_kind": fixed,
     }
     return {
@@ -552,16 +593,18 @@ def _counts(parent: dict, merger: _Merger, report: dict) -> dict:
     for src, n in merger.removed_sources.items():
         sources[src] = sources.get(src, 0) - n
     sources["human"] = sources.get("human", 0) + merger.n_new
+    sources["model"] = sources.get("model", 0) + merger.n_model
     sources = {k: v for k, v in sources.items() if v}
     splits = dict(parent.get("splits", {}))
-    if merger.pool_labeled:
-        splits["pool"] = splits.get("pool", 0) - merger.pool_labeled
-        splits["train"] = splits.get("train", 0) + merger.pool_labeled
+    moved = merger.pool_labeled + merger.auto_labeled
+    if moved:
+        splits["pool"] = splits.get("pool", 0) - moved
+        splits["train"] = splits.get("train", 0) + moved
     splits = {k: v for k, v in splits.items() if v}
     n_removed = sum(merger.removed_sources.values())
     return {
         "images": parent["images"],
-        "annotations": merger.n_old - n_removed + merger.n_new,
+        "annotations": merger.n_old - n_removed + merger.n_new + merger.n_model,
         "categories": parent["categories"],
         "splits": splits,
         "sources": sources,

@@ -234,7 +234,30 @@ def collect_corrections(client: LabelStudioClient, *, project_id: int, dag_id: s
         by_image[outcome.image_id] = outcome
     for item in rejected:
         log.warning("Rejected task %s (image %s): %s", item.task_id, item.image_id, item.reason)
-    return Corrections(schema_version=ROUND_FILE_SCHEMA, dag_id=dag_id, run_id=run_id,
-                       dataset=selection.dataset,
-                       version=selection.version,
-                       items=[by_image[i] for i in sorted(by_image)], rejected=rejected)
+    return with_auto_accepted(Corrections(
+        schema_version=ROUND_FILE_SCHEMA, dag_id=dag_id, run_id=run_id,
+        dataset=selection.dataset, version=selection.version,
+        items=[by_image[i] for i in sorted(by_image)], rejected=rejected), selection)
+
+
+def with_auto_accepted(corrections: Corrections, selection: SelectionManifest) -> Corrections:
+    """Add the model's answers for the images it labeled alone, and count on each person's
+    answer to a pool image the auto-accepted boxes they changed or removed."""
+    from hitl_plugin.model.autoaccept import accepted_changed, auto_corrections
+
+    if selection.auto_accept is None:
+        return corrections
+    threshold = selection.auto_accept.threshold
+    samples = {s.image_id: s for s in selection.items}
+    items = []
+    for c in corrections.items:
+        sample = samples.get(c.image_id)
+        if c.status == "labeled" and sample is not None:
+            changed = accepted_changed(sample, [b.model_dump() for b in c.boxes], threshold)
+            c = c.model_copy(update={"accepted_changed": changed}) if changed else c
+        items.append(c)
+    answered = {c.image_id for c in items}
+    model = [a for a in auto_corrections(selection.auto_accepted, selection.model_version)
+             if a.image_id not in answered]
+    return corrections.model_copy(update={
+        "items": sorted(items + model, key=lambda c: c.image_id)})

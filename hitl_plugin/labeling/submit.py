@@ -171,8 +171,10 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         missing = [k for k in samples if k not in task_ids]
         if not missing:
             break
+        threshold = selection.auto_accept.threshold if selection.auto_accept else None
         payload = [to_task(samples[k], dag_id=dag_id, run_id=run_id,
-                           model_version=model_version, names=names, batch=label)
+                           model_version=model_version, names=names, batch=label,
+                           accept_threshold=threshold)
                    for k in missing]
         try:
             with _import_turn(paths):

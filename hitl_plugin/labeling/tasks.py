@@ -167,8 +167,14 @@ def _label_id(ann_id: int) -> str:
     return f"l{int(ann_id)}"
 
 
+def accepted_text(score: float) -> str:
+    """The text on a box the model auto-accepted (``selection.auto_accept``)."""
+    return f"accepted by the model ({score:.2f}): fix or delete it if it is wrong"
+
+
 def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: str,
-            names: dict[int, str], batch: str | None = None) -> dict:
+            names: dict[int, str], batch: str | None = None,
+            accept_threshold: float | None = None) -> dict:
     """One selected sample as a Label Studio task (see the module docstring for the view).
 
     :param model_version: the model behind the predictions; the prediction with this version
@@ -176,6 +182,8 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
     :param names: category id -> class name (the label values of the project).
     :param batch: the submit batch, ``"<start>-<stop>"`` (``data.hitl_batch``), which lets a
         retried submit find its earlier tasks with one narrow query.
+    :param accept_threshold: with ``selection.auto_accept``: on a pool image, the model's
+        boxes at or above it are marked as accepted by the model (the person checks them).
     """
     w, h = sample.width, sample.height
     model = [(i, p) for i, p in enumerate(sample.predictions) if p.category_id in names]
@@ -187,6 +195,10 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
             target = next((f"m{i}" for i, p in model if p.bbox == s.pred_bbox), None)
         if target is not None:
             issues.setdefault(target, []).append((s.score, suspicion_text(s, names)))
+    if accept_threshold is not None and sample.split == "pool":
+        for i, p in model:
+            if p.score >= accept_threshold:
+                issues.setdefault(f"m{i}", []).append((p.score, accepted_text(p.score)))
 
     def region(rid: str, bbox: list[float], category_id: int, control: str,
                score: float | None = None) -> list[dict]:

@@ -37,6 +37,12 @@ lowest-ranked ranked pick whose removal breaks no quota already met. Such images
 reason ``quota``. A budget too small for every quota is filled as far as it goes, and the
 shortfall is logged.
 
+**Auto-accept** (``auto_accept``, from ``selection.auto_accept``): after the people's
+picks, the pool images whose every shown box (score >= ``selection.conf``, at least one)
+reaches the threshold are labeled by the model alone (``auto_accepted``), most confident
+first (by their weakest box), up to ``selection.auto_accept_max_images`` (default: the
+budget). See :mod:`hitl_plugin.model.autoaccept`.
+
 **Determinism.** Ties break by image id; the random draws use ``random.Random(seed)`` over
 images sorted by id, so the same scores and seed give the same manifest.
 """
@@ -53,6 +59,8 @@ from hitl_plugin.config import STRATEGIES, SelectionConfig
 from hitl_plugin.model.score import read_scores
 from hitl_plugin.schemas import (
     ROUND_FILE_SCHEMA,
+    AutoAcceptance,
+    AutoAccepted,
     Batch,
     Category,
     ImageScore,
@@ -72,6 +80,8 @@ class _Row:
     label_error: float
     uncertainty: float
     classes: frozenset[int] = field(default_factory=frozenset)
+    #: pool images: the weakest shown box's score (None: no box shown)
+    weakest: float | None = None
 
 
 def resolve_budget(
@@ -111,6 +121,7 @@ def select_samples(
     budget: int | float | None = None,
     strategy: str | None = None,
     seed: int | None = None,
+    auto_accept: AutoAcceptance | None = None,
 ) -> SelectionManifest:
     """Select the round's images from a scores file.
 
@@ -120,6 +131,7 @@ def select_samples(
     :param budget: overrides the config: a count, or a fraction in (0, 1).
     :param strategy: overrides ``selection.strategy``.
     :param seed: overrides ``selection.seed`` (audit draw, random strategy).
+    :param auto_accept: the round's auto-accept threshold (None: off).
     :return: the manifest (not yet written: the select step writes it).
     """
     strategy = strategy or selection.strategy
@@ -152,8 +164,10 @@ def select_samples(
         else:
             classes = frozenset(p.category_id for p in rec.predictions
                                 if p.score >= selection.conf)
+        shown = [p.score for p in rec.predictions if p.score >= selection.conf]
         rows.append(_Row(rec.image_id, rec.split, rec.label_error_score,
-                         float(rec.uncertainty.get(selection.uncertainty, 0.0)), classes))
+                         float(rec.uncertainty.get(selection.uncertainty, 0.0)), classes,
+                         min(shown) if shown else None))
     rows.sort(key=lambda r: r.image_id)
     n_images = sum(1 for img in coco["images"]
                    if img.get("hitl_split", "train") in ("train", "pool"))
@@ -199,11 +213,22 @@ def select_samples(
         if short:
             log.warning("per-class quotas not met within budget %s: short by %s", total, short)
 
+    threshold = auto_accept.threshold if auto_accept is not None else None
+    auto_ids: list[int] = []
+    if threshold is not None:
+        chosen = {r.image_id for r, _, _ in picks}
+        cap = selection.auto_accept_max_images
+        cap = total if cap is None else cap
+        confident = sorted((r for r in pool if r.image_id not in chosen
+                            and r.weakest is not None and r.weakest >= threshold),
+                           key=lambda r: (-(r.weakest or 0.0), r.image_id))
+        auto_ids = [r.image_id for r in confident[:cap]]
+
     # Second pass over the file: only the chosen images' suspicions and boxes are kept.
     wanted = {r.image_id: (reason, score) for r, reason, score in picks}
     details: dict[int, ImageScore] = {}
     for rec in read_scores(scores_path):
-        if rec.image_id in wanted:
+        if rec.image_id in wanted or rec.image_id in auto_ids:
             details[rec.image_id] = rec
     items = []
     for r, reason, score in picks:
@@ -219,7 +244,12 @@ def select_samples(
         version=version, model_version=model_version,
         categories=[Category(id=c["id"], name=c["name"])
                     for c in sorted(coco["categories"], key=lambda c: c["id"])],
-        strategy=strategy, budget=total, seed=seed, items=items)
+        strategy=strategy, budget=total, seed=seed, items=items, auto_accept=auto_accept,
+        auto_accepted=[AutoAccepted(
+            image_id=i, file_name=images[i]["file_name"], width=int(images[i]["width"]),
+            height=int(images[i]["height"]),
+            boxes=[p for p in details[i].predictions if p.score >= selection.conf])
+            for i in auto_ids])
     log.info("selected %s of %s images (%s; %s verified in earlier rounds left out): %s",
              len(items), len(rows), strategy, verified, dict(Counter(i.reason for i in items)))
     return manifest
