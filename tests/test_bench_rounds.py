@@ -243,3 +243,37 @@ def test_plot_marks_the_gap_ends_for_correction(tmp_path):
                  "map50_95_noisy": {"0": 0.3}, "map50_95_truth": {"0": 0.4}}, path)
     assert path.stat().st_size > 10_000
     assert Path(path).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_auto_accept_summary_compares_human_boxes_at_the_same_map():
+    def curve(boxes, maps, auto=None):
+        return [{"round": k, "images_to_people": 40 * (k + 1), "human_boxes": b,
+                 "map50_95": m, **({"auto_accept": auto} if auto and k else {})}
+                for k, (b, m) in enumerate(zip(boxes, maps))]
+    stats = {"boxes": 50, "wrong": 1, "rare_boxes": 5, "rare_wrong": 1, "missed_true_boxes": 3}
+    by = {("default", 0): curve([0, 100, 200], [0.1, 0.2, 0.3]),
+          ("default+auto_accept", 0): curve([0, 50, 100], [0.1, 0.25, 0.35], stats)}
+    out = rounds.summarize_auto_accept(by, [0])
+    # both reach 0.3: without at 200 boxes, with at 50 + 50 * (0.05 / 0.1) = 75
+    assert out["per_seed"][0]["human_boxes_with"] == pytest.approx(75.0)
+    assert out["human_boxes_saved_fraction"] == pytest.approx(1 - 75 / 200, abs=1e-4)
+    assert out["box_error_rate_added"] == pytest.approx(2 / 100)  # two rounds of 50 boxes
+    assert out["rare_class_error_rate"] == 0.2 and out["seeds"] == 1
+
+
+def test_auto_accept_errors_counts_wrong_boxes_against_the_truth():
+    from hitl_plugin.schemas import AutoAcceptance, AutoAccepted
+
+    manifest = _manifest([]).model_copy(update={
+        "auto_accept": AutoAcceptance(threshold=0.9, source="calibrated"),
+        "auto_accepted": [AutoAccepted(image_id=7, file_name="p/7.png", width=100, height=100,
+                                       boxes=[Prediction(bbox=[10, 10, 20, 20], category_id=1,
+                                                         score=0.95),   # right
+                                              Prediction(bbox=[60, 60, 30, 30], category_id=1,
+                                                         score=0.93)])]})  # wrong class
+    truth = {7: [{"category_id": 1, "bbox": [11, 10, 20, 20]},
+                 {"category_id": 2, "bbox": [60, 60, 30, 30]},
+                 {"category_id": 2, "bbox": [0, 80, 10, 10]}]}
+    got = rounds.auto_accept_errors(manifest, truth, "square")
+    assert (got["boxes"], got["wrong"], got["rare_boxes"]) == (2, 1, 0)
+    assert got["missed_true_boxes"] == 2

@@ -81,6 +81,10 @@ class Scenario:
     min_epochs: int
     imgsz: int = 96
     batch: int = 16
+    #: warm-start each round from the promoted checkpoint, as the product's train step does
+    #: (:func:`hitl_plugin.steps.warm_start`; promoted = the best held-out mAP so far, the
+    #: gate's rule); False: every round from the base checkpoint (equal compute per round)
+    chain: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -89,13 +93,16 @@ ACTIVE = Scenario(
     synth={"train": 40, "val": 200, "pool": 560, "classes": 5, "imgsz": 96, "noise": 0.0,
            "class_mix": [0.38, 0.25, 0.17, 0.14, 0.065],
            "tail": {"small": 0.08, "occluded": 0.08, "background": 0.06}},
-    rounds=5, budget=40, passes=2400, min_epochs=10,
+    rounds=5, budget=40, passes=2400, min_epochs=10, chain=True,
     strategies={
         "default": {},
         "least_confidence": {"strategy": "uncertainty", "uncertainty": "least_confidence",
                              "audit_fraction": 0.0},
         "entropy": {"strategy": "uncertainty", "uncertainty": "entropy", "audit_fraction": 0.0},
         "random": {"strategy": "random"},
+        # the shipped default plus auto-accept, its threshold calibrated on the held-out set
+        # to the default target precision (0.99)
+        "default+auto_accept": {"auto_accept": True},
     },
     extra={"rare_class": "hexagon", "start_verified": True},
 )
@@ -191,7 +198,10 @@ class Trainer:
         self.reused = 0
         self.seconds = 0.0
 
-    def fit(self, data_yaml: Path, val_file: Path, *, seed: int, n_images: int) -> dict:
+    def fit(self, data_yaml: Path, val_file: Path, *, seed: int, n_images: int,
+            start: str | None = None) -> dict:
+        """Train (or reuse) one model; ``start`` is the checkpoint to warm-start from
+        (default: the trainer's starting weights)."""
         from hitl_plugin.dataset.export import read_weights
         from hitl_plugin.model.evaluate import evaluate
         from hitl_plugin.model.train import train
@@ -199,15 +209,17 @@ class Trainer:
 
         s = self.scenario
         epochs = epochs_for(s, n_images)
+        weights = Path(start) if start else self.weights
+        digest = file_digest(Path(start)) if start else self.weights_digest
         key = training_key(data_yaml, {"epochs": epochs, "imgsz": s.imgsz, "batch": s.batch,
-                                       "seed": seed, "weights": self.weights_digest})
+                                       "seed": seed, "weights": digest})
         folder = self.cache / key
         done = folder / "bench_fit.json"
         if done.is_file():
             self.reused += 1
             return json.loads(done.read_text())
         began = time.monotonic()
-        result = train(data_yaml, folder, weights=self.weights, epochs=epochs, imgsz=s.imgsz,
+        result = train(data_yaml, folder, weights=weights, epochs=epochs, imgsz=s.imgsz,
                        batch=s.batch, device=self.device, seed=seed, threads=self.threads,
                        adapt_threads=False, image_weights=read_weights(data_yaml),
                        extra_args={"val": False})
@@ -282,6 +294,34 @@ def review(manifest, truth: dict, *, dag_id: str, run_id: str, seed: int,
                               dataset=manifest.dataset, version=manifest.version,
                               items=sorted(items, key=lambda c: c.image_id), rejected=rejected)
     return corrections, actions
+
+
+def auto_accept_errors(manifest, truth_by_image: dict[int, list[dict]],
+                       rare: str | None) -> dict:
+    """The round's auto-accepted boxes against the truth: a box is wrong when no true box of
+    its class overlaps it at IoU >= 0.5. The rare class is counted apart."""
+    from hitl_plugin.boxes import iou
+
+    rare_id = next((c.id for c in manifest.categories if c.name == rare), None)
+    out = {"threshold": manifest.auto_accept.threshold, "source": manifest.auto_accept.source,
+           "held_out_precision": manifest.auto_accept.held_out_precision,
+           "images": len(manifest.auto_accepted), "boxes": 0, "wrong": 0,
+           "rare_boxes": 0, "rare_wrong": 0, "missed_true_boxes": 0}
+    for a in manifest.auto_accepted:
+        truth = truth_by_image.get(a.image_id, [])
+        for b in a.boxes:
+            ok = any(t["category_id"] == b.category_id and iou(t["bbox"], b.bbox) >= 0.5
+                     for t in truth)
+            out["boxes"] += 1
+            out["wrong"] += not ok
+            if b.category_id == rare_id:
+                out["rare_boxes"] += 1
+                out["rare_wrong"] += not ok
+        # objects in an auto-labeled image that no accepted box covers (the model missed)
+        out["missed_true_boxes"] += sum(
+            1 for t in truth if not any(t["category_id"] == b.category_id
+                                        and iou(t["bbox"], b.bbox) >= 0.5 for b in a.boxes))
+    return out
 
 
 def human_boxes(actions: Counter) -> int:
@@ -370,17 +410,22 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
     sent = scenario.synth["train"] if scenario.name == "active" else 0
     boxes_total, reviewed_errors = 0, 0
     cut_info = None
+    promoted: dict | None = None  # the best model so far (chained scenarios start from it)
     for r in range(scenario.rounds + 1):
         rnd = steps.Round(config, root, DAG_ID, f"round{r}")
         version = store.require_latest()
         coco = store.load(version)
         n_train = sum(1 for i in coco["images"] if i.get("hitl_split") == "train")
         data_yaml, val_file = _export(root, version, coco)
-        fit = trainer.fit(data_yaml, val_file, seed=seed, n_images=n_train)
+        fit = trainer.fit(data_yaml, val_file, seed=seed, n_images=n_train,
+                          start=promoted["checkpoint"] if scenario.chain and promoted else None)
+        if promoted is None or fit["map50_95"] > promoted["map50_95"]:
+            promoted = fit
         point = {"round": r, "version": version, "labeled_images": n_train,
                  "images_to_people": sent, "human_boxes": boxes_total,
                  "map50_95": fit["map50_95"], "map50": fit["map50"],
                  "per_class": fit["per_class"], "training": fit["key"],
+                 "promoted_map50_95": promoted["map50_95"],
                  "train_seconds": fit["seconds"]}
         if rare:
             point["rare_ap"] = fit["per_class"].get(rare)
@@ -392,7 +437,8 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
                  boxes_total, fit["map50_95"])
         if r == scenario.rounds:
             break
-        scored = steps.score(rnd, checkpoint=fit["checkpoint"], version=version,
+        # the gate's rule: the round goes on with the promoted checkpoint
+        scored = steps.score(rnd, checkpoint=promoted["checkpoint"], version=version,
                              imgsz=scenario.imgsz)
         if "cleanlab" in overrides:
             cut = overrides["cleanlab"]
@@ -400,14 +446,14 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
             if cut == "best":
                 if cut_info is None:  # chosen once per seed, on the first round
                     best, by_cut = best_cleanlab_cut(
-                        Path(scored["scores"]), coco, root, fit["checkpoint"], wrong,
+                        Path(scored["scores"]), coco, root, promoted["checkpoint"], wrong,
                         scenario.budget, scenario.extra["cleanlab_cuts"], **kw)
                     cut_info = {"cut": best, "precision_by_cut": by_cut}
                 cut = cut_info["cut"]
-            _cleanlab_rescore(Path(scored["scores"]), coco, root, fit["checkpoint"], cut=cut,
+            _cleanlab_rescore(Path(scored["scores"]), coco, root, promoted["checkpoint"], cut=cut,
                               **kw)
         selected = steps.select(rnd, scores=scored["scores"], version=version,
-                                model_version=fit["checkpoint"], budget=scenario.budget)
+                                model_version=promoted["checkpoint"], budget=scenario.budget)
         from hitl_plugin.schemas import SelectionManifest, read_model, write_json_atomic
 
         manifest = read_model(SelectionManifest, selected["selection"])
@@ -422,6 +468,13 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
                                          for a in truth["by_image"].get(i, [])))
         corrections, actions = review(manifest, truth["coco"], dag_id=DAG_ID,
                                       run_id=rnd.run_id, seed=seed)
+        if manifest.auto_accept is not None:
+            from hitl_plugin.labeling.collect import with_auto_accepted
+
+            corrections = with_auto_accepted(corrections, manifest)
+            point["auto_accept"] = auto_accept_errors(manifest, truth["by_image"], rare)
+            point["auto_accept"]["accepted_changed_by_people"] = sum(
+                c.accepted_changed for c in corrections.items)
         write_json_atomic(rnd.paths.corrections, corrections)
         steps.merge(rnd, corrections=str(rnd.paths.corrections), base_version=version)
         point["people"] = dict(actions)
@@ -521,9 +574,57 @@ def summarize_active(arms: list[dict], seeds: list[int]) -> dict:
                      "final_map50_95": final, "final_map50_95_std": final_std,
                      "final_rare_ap": rare, "final_rare_ap_std": rare_std}
     d = per.get("default", {})
-    return {"active": {"label_ratio_to_random": d.get("label_ratio_to_random"),
-                       "label_ratio_std": d.get("label_ratio_std"), "seeds": len(seeds)},
-            "strategies": per}
+    out = {"active": {"label_ratio_to_random": d.get("label_ratio_to_random"),
+                      "label_ratio_std": d.get("label_ratio_std"), "seeds": len(seeds)},
+           "strategies": per}
+    if any(a["strategy"] == "default+auto_accept" for a in arms):
+        out["auto_accept"] = summarize_auto_accept(by, seeds)
+    return out
+
+
+def summarize_auto_accept(by: dict, seeds: list[int]) -> dict:
+    """Human boxes saved by auto-accept for the same mAP, and the errors it adds.
+
+    Per seed, the target is the lower of the two arms' final mAP50-95 (a level both reach);
+    the human boxes each arm needed to first reach it are interpolated on its curve
+    (cumulative human boxes against mAP), and ``saved = 1 - with / without``.
+    """
+    saved, error_rates, per_seed = [], [], []
+    boxes = wrong = rare_boxes = rare_wrong = missed = 0
+    for seed in seeds:
+        plain, auto = by.get(("default", seed)), by.get(("default+auto_accept", seed))
+        if not plain or not auto:
+            continue
+        target = min(plain[-1]["map50_95"], auto[-1]["map50_95"])
+        need = [x_to_reach([p["human_boxes"] for p in c], [p["map50_95"] for p in c], target)
+                for c in (plain, auto)]
+        stats = [p["auto_accept"] for p in auto if p.get("auto_accept")]
+        b = sum(s["boxes"] for s in stats)
+        w = sum(s["wrong"] for s in stats)
+        boxes, wrong = boxes + b, wrong + w
+        rare_boxes += sum(s["rare_boxes"] for s in stats)
+        rare_wrong += sum(s["rare_wrong"] for s in stats)
+        missed += sum(s["missed_true_boxes"] for s in stats)
+        value = 1.0 - need[1] / need[0] if need[0] else None
+        saved.append(value)
+        error_rates.append(w / b if b else None)
+        per_seed.append({"seed": seed, "target_map50_95": target,
+                         "human_boxes_without": need[0], "human_boxes_with": need[1],
+                         "saved_fraction": None if value is None else round(value, 4),
+                         "auto_boxes": b, "auto_wrong": w,
+                         "final_human_boxes": [plain[-1]["human_boxes"],
+                                               auto[-1]["human_boxes"]],
+                         "final_map50_95": [plain[-1]["map50_95"], auto[-1]["map50_95"]]})
+    m, s = mean_std(saved)
+    return {"human_boxes_saved_fraction": m, "human_boxes_saved_std": s,
+            "box_error_rate_added": round(wrong / boxes, 4) if boxes else None,
+            "box_error_rate_per_seed": [None if v is None else round(v, 4)
+                                        for v in error_rates],
+            "auto_accepted_boxes": boxes, "auto_accepted_wrong": wrong,
+            "rare_class_boxes": rare_boxes, "rare_class_wrong": rare_wrong,
+            "rare_class_error_rate": round(rare_wrong / rare_boxes, 4) if rare_boxes else None,
+            "true_boxes_missed_in_auto_images": missed,
+            "seeds": len(per_seed), "per_seed": per_seed}
 
 
 def summarize_correction(arms: list[dict], seeds: list[int], noisy: dict[int, float],
