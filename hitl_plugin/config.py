@@ -161,6 +161,12 @@ class SelectionConfig(_Section):
         default=0.75, gt=0.0, le=1.0, description="A matched box below this IoU is a bad box."
     )
     seed: int = Field(default=0, description="Seed of the audit draw and tie-breaking.")
+    out_of_sample_folds: int | None = Field(
+        default=None, ge=2, le=20,
+        description="Score each labeled image with a model that did not train on it: k models, "
+        "each trained from `model.base_checkpoint` on the other k-1 folds (k trainings per "
+        "round). Empty: in-sample scoring with the round's checkpoint.",
+    )
     auto_accept: bool = Field(
         default=False,
         description="Accept the model's confident boxes on pool images without a person: a "

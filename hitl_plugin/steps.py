@@ -144,9 +144,7 @@ def warm_start(rnd: Round) -> tuple[str | None, str]:
     In order: the pipeline's promoted checkpoint, ``model.base_checkpoint`` (``builtin``:
     the packaged asset), else None (scratch from ``model.architecture``).
     """
-    from hitl_plugin.model import yolo
     from hitl_plugin.model.gate import promoted
-    from hitl_plugin.model.train import BUILTIN_BASE
 
     current = promoted(rnd.root, rnd.dag_id)
     if current and Path(current["checkpoint"]).is_file():
@@ -154,11 +152,22 @@ def warm_start(rnd: Round) -> tuple[str | None, str]:
     base = rnd.config.model.base_checkpoint
     if base is None or base == "":
         return None, "scratch"
+    return base_weights(rnd.config), "builtin" if base == "builtin" else "path"
+
+
+def base_weights(config: PipelineConfig) -> str | None:
+    """``model.base_checkpoint`` as a local path (None: scratch)."""
+    from hitl_plugin.model import yolo
+    from hitl_plugin.model.train import BUILTIN_BASE
+
+    base = config.model.base_checkpoint
+    if base is None or base == "":
+        return None
     if base == "builtin":
         if not BUILTIN_BASE.is_file():
             raise FileNotFoundError(f"the packaged base checkpoint {BUILTIN_BASE} is missing")
-        return str(BUILTIN_BASE), "builtin"
-    return str(yolo.resolve_weights(rnd.config.resolve(base))), "path"
+        return str(BUILTIN_BASE)
+    return str(yolo.resolve_weights(config.resolve(base)))
 
 
 def train(rnd: Round, *, version: str | None = None, epochs: int | None = None,
@@ -264,9 +273,16 @@ def score(rnd: Round, *, checkpoint: str, version: str | None = None,
     coco = rnd.store.load(version)
     log.info("Scoring %s %s with %s at %s px", rnd.config.dataset.name, version, checkpoint,
              imgsz)
-    result = score_images(checkpoint, coco, rnd.root, rnd.paths.scores,
-                          selection=rnd.config.selection, imgsz=imgsz, device=t.device,
-                          threads=t.threads)
+    if rnd.config.selection.out_of_sample_folds:
+        from hitl_plugin.model.folds import score_out_of_sample
+
+        result = score_out_of_sample(rnd, checkpoint=checkpoint, coco=coco, version=version,
+                                     k=rnd.config.selection.out_of_sample_folds, imgsz=imgsz,
+                                     base_weights=base_weights(rnd.config))
+    else:
+        result = score_images(checkpoint, coco, rnd.root, rnd.paths.scores,
+                              selection=rnd.config.selection, imgsz=imgsz, device=t.device,
+                              threads=t.threads)
     log.info("Scored %s images in %s s", result["n_images"], result["seconds"])
     sel = rnd.config.selection
     if sel.auto_accept and sel.auto_accept_threshold is None:
