@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -307,6 +307,8 @@ class ScoreResult(TypedDict):
     n_images: int
     version: str
     seconds: float
+    #: with ``selection.out_of_sample_folds``: labeled images per fold, training seconds
+    out_of_sample: NotRequired[dict]
 
 
 class Batch(TypedDict):

@@ -299,8 +299,12 @@ def score(rnd: Round, *, checkpoint: str, version: str | None = None,
                  "on %s boxes; target %s)", len(val["images"]), calibration["threshold"],
                  calibration["held_out_precision"], calibration["held_out_boxes"],
                  sel.auto_accept_precision)
-    return {"scores": result["scores"], "n_images": result["n_images"], "version": version,
-            "seconds": result["seconds"]}
+    out: ScoreResult = {"scores": result["scores"], "n_images": result["n_images"],
+                        "version": version, "seconds": result["seconds"]}
+    if "folds" in result:
+        out["out_of_sample"] = {"folds": result["folds"],
+                                "fold_seconds": result["fold_seconds"]}
+    return out
 
 
 def select(rnd: Round, *, scores: str, version: str, model_version: str,

@@ -44,7 +44,8 @@ def test_score_step_scores_labeled_images_out_of_sample(tmp_path):
     result = steps.score(rnd, checkpoint=main["checkpoint"], version=version, imgsz=64)
     records = list(read_scores(result["scores"]))
     assert result["n_images"] == len(records) == len(coco["images"])  # train + pool
-    assert sum(result["folds"]) == len(labeled) and result["fold_seconds"] > 0
+    oos = result["out_of_sample"]
+    assert sum(oos["folds"]) == len(labeled) and oos["fold_seconds"] > 0
     assert {r.image_id for r in records if r.split == "train"} == labeled
     for f in range(2):  # fold f's model trained on the other fold only
         listed = (rnd.paths.model(f"fold{f}of2").dir / "export" / "train" / "train.txt"
