@@ -224,3 +224,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "label_studio" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+

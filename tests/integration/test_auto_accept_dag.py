@@ -8,19 +8,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hitl_dev.simulator import simulate
 from hitl_dev.synth import generate
 from hitl_plugin.dataset.store import DatasetStore
-from hitl_plugin.labeling.client import LabelStudioClient
 from hitl_plugin.model.train import BUILTIN_BASE
 from hitl_plugin.schemas import SelectionManifest
+from tests.integration.people import SimulatedPeople
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -105,28 +103,9 @@ def test_auto_accept_round_merges_pseudo_labels_with_provenance(label_studio, ai
            "AIRFLOW_CONN_LABEL_STUDIO_DEFAULT": json.dumps({
                "conn_type": "label_studio", "host": label_studio.url,
                "password": label_studio.token})}
-    client = LabelStudioClient(label_studio.url, label_studio.token)
-    done, summary = threading.Event(), {}
-
-    def annotators():  # SIMULATED people for the tasks the round sends
-        project = None
-        while project is None and not done.is_set():
-            found = client.find_project(f"hitl-{DAG_ID}")
-            project = None if found is None else int(found["id"])
-            done.wait(0.5)
-        if project is not None:
-            summary.update(simulate(label_studio.url, label_studio.token, project, truth,
-                                    until_empty=True, timeout=180, stop_event=done, poll=0.5,
-                                    seed=4))
-
-    thread = threading.Thread(target=annotators, daemon=True)
-    thread.start()
-    try:
+    with SimulatedPeople(label_studio, f"hitl-{DAG_ID}", truth, seed=4):
         proc = subprocess.run([sys.executable, str(home / "dags" / "auto_accept_dag.py")],
                               env=env, capture_output=True, text=True, timeout=500)
-    finally:
-        done.set()
-        thread.join(30)
     assert "RUN_STATE success" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
     xcom = json.loads(out.read_text())
     manifest = SelectionManifest.model_validate_json(

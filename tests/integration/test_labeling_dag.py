@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hitl_dev.simulator import simulate
 from hitl_plugin.labeling.client import LabelStudioClient
 from hitl_plugin.schemas import Corrections, SelectionManifest, write_json_atomic
+from tests.integration.people import SimulatedPeople
 
 DAG_ID = "hitl_labeling_dag_test"
 
@@ -81,11 +80,6 @@ def _selection(root: Path) -> tuple[Path, dict]:
     return path, truth
 
 
-def _project(client: LabelStudioClient, title: str) -> int | None:
-    found = client.find_project(title)
-    return None if found is None else int(found["id"])
-
-
 @pytest.mark.slow
 def test_submit_expand_sensor_collect_in_dag_test(label_studio, airflow_env, tmp_path):
     home, env = airflow_env
@@ -104,27 +98,12 @@ def test_submit_expand_sensor_collect_in_dag_test(label_studio, airflow_env, tmp
                "password": label_studio.token})}
 
     client = LabelStudioClient(label_studio.url, label_studio.token)
-    done, summary = threading.Event(), {}
-
-    def annotators():
-        project = None
-        while project is None and not done.is_set():
-            project = _project(client, f"hitl-{DAG_ID}")
-            done.wait(0.5)
-        if project is not None:
-            summary.update(simulate(label_studio.url, label_studio.token, project, truth,
-                                    until_empty=True, timeout=120, stop_event=done, poll=0.5,
-                                    skip_rate=0.2, seed=2, latency=1.0))
-
-    thread = threading.Thread(target=annotators, daemon=True)
-    thread.start()
     began = time.monotonic()
-    try:
+    with SimulatedPeople(label_studio, f"hitl-{DAG_ID}", truth, timeout=120, skip_rate=0.2,
+                         seed=2, latency=1.0) as people:
         proc = subprocess.run([sys.executable, str(home / "dags" / "labeling_dag.py")],
                               env=env, capture_output=True, text=True, timeout=400)
-    finally:
-        done.set()
-        thread.join(30)
+    summary = people.summary
     seconds = time.monotonic() - began
     assert "RUN_STATE success" in proc.stdout, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert label_studio.token not in proc.stdout + proc.stderr  # never logged
