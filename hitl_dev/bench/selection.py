@@ -65,8 +65,9 @@ CLEANLAB_HINT = (
 
 def builtin_weights() -> Path | None:
     """The base checkpoint shipped with the package, when present."""
-    path = Path(__file__).resolve().parents[1] / "assets" / "base_yolov8n.pt"
-    return path if path.is_file() else None
+    from hitl_plugin.model.train import BUILTIN_BASE
+
+    return BUILTIN_BASE if BUILTIN_BASE.is_file() else None
 
 
 def _import_cleanlab():

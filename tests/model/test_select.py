@@ -254,3 +254,12 @@ def test_hybrid_gives_weakly_suspected_labeled_places_to_the_pool(tmp_path):
             budget=30)  # nothing strong and the pool short: labeled images fill by score
     assert Counter(i.split for i in m.items) == {"pool": 20, "train": 10}
     assert {i.image_id for i in m.items if i.split == "train"} == set(range(1, 11))
+
+
+def test_bench_builtin_weights_are_the_shipped_checkpoint():
+    """``hitl bench selection --weights builtin`` (the default) warm-starts from the shipped
+    base checkpoint; it silently trained from scratch when the bench moved to hitl_dev."""
+    from hitl_dev.bench.selection import builtin_weights
+    from hitl_plugin.model.train import BUILTIN_BASE
+
+    assert builtin_weights() == BUILTIN_BASE and BUILTIN_BASE.is_file()
