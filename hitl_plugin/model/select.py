@@ -224,11 +224,12 @@ def select_samples(
                            key=lambda r: (-(r.weakest or 0.0), r.image_id))
         auto_ids = [r.image_id for r in confident[:cap]]
 
+    auto_set = set(auto_ids)
     # Second pass over the file: only the chosen images' suspicions and boxes are kept.
     wanted = {r.image_id: (reason, score) for r, reason, score in picks}
     details: dict[int, ImageScore] = {}
     for rec in read_scores(scores_path):
-        if rec.image_id in wanted or rec.image_id in auto_ids:
+        if rec.image_id in wanted or rec.image_id in auto_set:
             details[rec.image_id] = rec
     items = []
     for r, reason, score in picks:
