@@ -331,18 +331,16 @@ def human_boxes(actions: Counter) -> int:
     return int(actions["added"] + actions["redrawn"] + actions["relabeled"])
 
 
-def _cleanlab_rescore(scores: Path, coco: dict, root: Path, checkpoint: str, *, imgsz: int,
-                      threads: int, device: str, cut: float | None) -> None:
-    """Replace each labeled image's ``label_error_score`` by 1 - ObjectLab's label quality
-    (computed on the same model's boxes, down to the scorer's low floor)."""
-    from hitl_dev.bench.selection import _xyxy, cleanlab_scores
+def _objectlab_inputs(scores: Path, coco: dict, root: Path, checkpoint: str, *, imgsz: int,
+                      threads: int, device: str) -> tuple[list[int], list, list]:
+    """ObjectLab's inputs for the labeled images: their labels and the model's boxes down to
+    the scorer's low floor (one prediction pass, whatever the cuts tried on it)."""
+    from hitl_dev.bench.selection import objectlab_inputs
     from hitl_plugin.model.score import LOW_CONF, predict_stream
     from hitl_plugin.paths import Layout
-    from hitl_plugin.schemas import ImageScore
 
     layout = Layout.at(root)
-    cats = sorted(c["id"] for c in coco["categories"])
-    index = {c: i for i, c in enumerate(cats)}
+    index = {c: i for i, c in enumerate(sorted(c["id"] for c in coco["categories"]))}
     train = [img for img in coco["images"] if img.get("hitl_split") == "train"]
     labels: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
@@ -354,41 +352,44 @@ def _cleanlab_rescore(scores: Path, coco: dict, root: Path, checkpoint: str, *, 
     for path, boxes in predict_stream(checkpoint, lst, imgsz=imgsz, device=device,
                                       conf=LOW_CONF, threads=threads):
         img = by_path[str(Path(path).resolve())]
-        labs = labels.get(img["id"], [])
+        label, per_class = objectlab_inputs(labels.get(img["id"], []), boxes, index)
         ids.append(img["id"])
-        cl_labels.append({
-            "bboxes": np.array([_xyxy(a["bbox"]) for a in labs], np.float32).reshape(-1, 4),
-            "labels": np.array([index[a["category_id"]] for a in labs], dtype=int)})
-        per_class = [np.zeros((0, 5), np.float32) for _ in cats]
-        for b in boxes:
-            row = np.array([[*_xyxy(b["bbox"]), b["score"]]], np.float32)
-            per_class[b["cls"]] = np.vstack([per_class[b["cls"]], row])
+        cl_labels.append(label)
         cl_preds.append(per_class)
-    quality = dict(zip(ids, cleanlab_scores(cl_labels, cl_preds, high_probability=cut)))
+    return ids, cl_labels, cl_preds
+
+
+def _objectlab_quality(inputs: tuple[list[int], list, list], cut: float | None
+                       ) -> dict[int, float]:
+    from hitl_dev.bench.selection import cleanlab_scores
+
+    ids, cl_labels, cl_preds = inputs
+    return {i: float(q) for i, q in
+            zip(ids, cleanlab_scores(cl_labels, cl_preds, high_probability=cut))}
+
+
+def _cleanlab_rescore(scores: Path, quality: dict[int, float]) -> None:
+    """Replace each labeled image's ``label_error_score`` by 1 - ObjectLab's label quality."""
+    from hitl_plugin.schemas import ImageScore
+
     lines = []
     for line in scores.read_text().splitlines():
         rec = ImageScore.model_validate_json(line)
         if rec.image_id in quality:
-            rec = rec.model_copy(update={"label_error_score": 1.0 - float(quality[rec.image_id])})
+            rec = rec.model_copy(update={"label_error_score": 1.0 - quality[rec.image_id]})
         lines.append(rec.model_dump_json())
     scores.write_text("\n".join(lines) + "\n")
 
 
-def best_cleanlab_cut(scores: Path, coco: dict, root: Path, checkpoint: str, wrong: set[int],
-                      budget: int, cuts: list[float], **kw) -> tuple[float, dict]:
+def best_cleanlab_cut(inputs: tuple[list[int], list, list], wrong: set[int], budget: int,
+                      cuts: list[float]) -> tuple[float, dict]:
     """The ObjectLab cut whose top ``budget`` images hold the most injected errors (an
     oracle choice, in cleanlab's favour)."""
-    from hitl_plugin.model.score import read_scores
-
     found = {}
-    backup = scores.read_text()
     for cut in cuts:
-        scores.write_text(backup)
-        _cleanlab_rescore(scores, coco, root, checkpoint, cut=cut, **kw)
-        ranked = sorted((r for r in read_scores(scores) if r.split == "train"),
-                        key=lambda r: (-r.label_error_score, r.image_id))
-        found[cut] = sum(1 for r in ranked[:budget] if r.image_id in wrong) / max(budget, 1)
-    scores.write_text(backup)
+        quality = _objectlab_quality(inputs, cut)
+        ranked = sorted(quality, key=lambda i: (quality[i], i))  # worst labels first
+        found[cut] = sum(1 for i in ranked[:budget] if i in wrong) / max(budget, 1)
     best = max(cuts, key=lambda c: (found[c], -abs(c - 0.5)))
     return best, {str(c): round(v, 4) for c, v in found.items()}
 
@@ -444,16 +445,16 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
                              imgsz=scenario.imgsz)
         if "cleanlab" in overrides:
             cut = overrides["cleanlab"]
-            kw = {"imgsz": scenario.imgsz, "threads": threads, "device": device}
+            inputs = _objectlab_inputs(Path(scored["scores"]), coco, root,
+                                       promoted["checkpoint"], imgsz=scenario.imgsz,
+                                       threads=threads, device=device)
             if cut == "best":
                 if cut_info is None:  # chosen once per seed, on the first round
-                    best, by_cut = best_cleanlab_cut(
-                        Path(scored["scores"]), coco, root, promoted["checkpoint"], wrong,
-                        scenario.budget, scenario.extra["cleanlab_cuts"], **kw)
+                    best, by_cut = best_cleanlab_cut(inputs, wrong, scenario.budget,
+                                                     scenario.extra["cleanlab_cuts"])
                     cut_info = {"cut": best, "precision_by_cut": by_cut}
                 cut = cut_info["cut"]
-            _cleanlab_rescore(Path(scored["scores"]), coco, root, promoted["checkpoint"], cut=cut,
-                              **kw)
+            _cleanlab_rescore(Path(scored["scores"]), _objectlab_quality(inputs, cut))
         selected = steps.select(rnd, scores=scored["scores"], version=version,
                                 model_version=promoted["checkpoint"], budget=scenario.budget)
         from hitl_plugin.schemas import SelectionManifest, read_model, write_json_atomic

@@ -106,6 +106,21 @@ def _xyxy(bbox: list[float]) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def objectlab_inputs(labels: list[dict], boxes: list[dict], cat_index: dict[int, int]
+                     ) -> tuple[dict, list[np.ndarray]]:
+    """One image's labels and predicted boxes in ObjectLab's format: ``{"bboxes", "labels"}``
+    (xyxy, class index) and one ``(n, 5)`` array of xyxy + score per class."""
+    label = {
+        "bboxes": np.array([_xyxy(a["bbox"]) for a in labels], dtype=np.float32).reshape(-1, 4),
+        "labels": np.array([cat_index[a["category_id"]] for a in labels], dtype=int),
+    }
+    per_class = [np.zeros((0, 5), dtype=np.float32) for _ in cat_index]
+    for b in boxes:
+        row = np.array([[*_xyxy(b["bbox"]), b["score"]]], dtype=np.float32)
+        per_class[b["cls"]] = np.vstack([per_class[b["cls"]], row])
+    return label, per_class
+
+
 def precision_recall(selected: list[int], wrong: set[int]) -> dict:
     hits = sum(1 for i in selected if i in wrong)
     return {
@@ -277,6 +292,7 @@ def run(
     cl_ids: list[int] = []
     ours: dict[int, float] = {}
     kinds: dict[str, int] = {}
+
     def predictions():
         for k, (checkpoint, paths) in enumerate(passes):
             list_file = work / f"score_images_{k}.txt"
@@ -297,15 +313,8 @@ def run(
             for s in rec.suspicions:
                 kinds[s.kind] = kinds.get(s.kind, 0) + 1
             cl_ids.append(img["id"])
-            cl_labels.append({
-                "bboxes": np.array([_xyxy(a["bbox"]) for a in labs], dtype=np.float32
-                                   ).reshape(-1, 4),
-                "labels": np.array([cat_index[a["category_id"]] for a in labs], dtype=int),
-            })
-            per_class = [np.zeros((0, 5), dtype=np.float32) for _ in categories]
-            for b in boxes:
-                row = np.array([[*_xyxy(b["bbox"]), b["score"]]], dtype=np.float32)
-                per_class[b["cls"]] = np.vstack([per_class[b["cls"]], row])
+            label, per_class = objectlab_inputs(labs, boxes, cat_index)
+            cl_labels.append(label)
             cl_preds.append(per_class)
 
     results: dict[str, dict] = {}
