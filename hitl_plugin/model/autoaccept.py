@@ -100,10 +100,20 @@ def acceptance(selection, *, calibration: dict | None, model_version: str | None
                           model_version=model_version)
 
 
+def weakest_shown(predictions, conf: float) -> float | None:
+    """The lowest score among the boxes the model shows (score >= ``conf``); None: none."""
+    shown = [p.score for p in predictions if p.score >= conf]
+    return min(shown) if shown else None
+
+
+def accepts(weakest: float | None, threshold: float | None) -> bool:
+    """Whether an image whose weakest shown box scores ``weakest`` is labeled by the model."""
+    return threshold is not None and weakest is not None and weakest >= threshold
+
+
 def all_accepted(predictions, threshold: float | None, conf: float) -> bool:
     """Whether every box the model shows (score >= ``conf``) is accepted, with at least one."""
-    shown = [p for p in predictions if p.score >= conf]
-    return threshold is not None and bool(shown) and all(p.score >= threshold for p in shown)
+    return accepts(weakest_shown(predictions, conf), threshold)
 
 
 def auto_corrections(accepted: Iterable[AutoAccepted], model_version: str | None,

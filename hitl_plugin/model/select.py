@@ -56,6 +56,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from hitl_plugin.config import STRATEGIES, SelectionConfig
+from hitl_plugin.model.autoaccept import accepts, weakest_shown
 from hitl_plugin.model.score import read_scores
 from hitl_plugin.schemas import (
     ROUND_FILE_SCHEMA,
@@ -164,10 +165,9 @@ def select_samples(
         else:
             classes = frozenset(p.category_id for p in rec.predictions
                                 if p.score >= selection.conf)
-        shown = [p.score for p in rec.predictions if p.score >= selection.conf]
         rows.append(_Row(rec.image_id, rec.split, rec.label_error_score,
                          float(rec.uncertainty.get(selection.uncertainty, 0.0)), classes,
-                         min(shown) if shown else None))
+                         weakest_shown(rec.predictions, selection.conf)))
     rows.sort(key=lambda r: r.image_id)
     n_images = sum(1 for img in coco["images"]
                    if img.get("hitl_split", "train") in ("train", "pool"))
@@ -220,7 +220,7 @@ def select_samples(
         cap = selection.auto_accept_max_images
         cap = total if cap is None else cap
         confident = sorted((r for r in pool if r.image_id not in chosen
-                            and r.weakest is not None and r.weakest >= threshold),
+                            and accepts(r.weakest, threshold)),
                            key=lambda r: (-(r.weakest or 0.0), r.image_id))
         auto_ids = [r.image_id for r in confident[:cap]]
 
