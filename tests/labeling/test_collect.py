@@ -20,19 +20,25 @@ class _Answers:
         return iter(self.tasks)
 
 
+def _selection(n: int, width: int, height: int):
+    """A selection of ``n`` labeled images (ids 1..n) of one size, one class (circle)."""
+    from hitl_plugin.schemas import SelectionManifest
+
+    return SelectionManifest.model_validate({
+        "dag_id": "d", "run_id": "r", "dataset": "s", "version": "v0001",
+        "model_version": "m", "categories": [{"id": 1, "name": "circle"}],
+        "strategy": "label_error", "budget": n, "seed": 0,
+        "items": [{"image_id": i, "file_name": f"x/{i}.png", "width": width, "height": height,
+                   "split": "train", "reason": "label_error", "score": 0.5}
+                  for i in range(1, n + 1)]})
+
+
 def test_a_task_with_a_bad_annotation_id_is_rejected_and_the_rest_collected():
     """Issue 13, defect 2: annotation ids that are not integers used to raise inside
     collect, and every retry failed the same way."""
     from hitl_plugin.labeling.collect import collect_corrections
-    from hitl_plugin.schemas import SelectionManifest
 
-    selection = SelectionManifest.model_validate({
-        "dag_id": "d", "run_id": "r", "dataset": "s", "version": "v0001",
-        "model_version": "m", "categories": [{"id": 1, "name": "circle"}],
-        "strategy": "label_error", "budget": 6, "seed": 0,
-        "items": [{"image_id": i, "file_name": f"x/{i}.png", "width": 100, "height": 80,
-                   "split": "train", "reason": "label_error", "score": 0.5}
-                  for i in range(1, 7)]})
+    selection = _selection(6, 100, 80)
     box = {"from_name": "label", "to_name": "image", "type": "rectanglelabels",
            "value": {"x": 10, "y": 10, "width": 20, "height": 20,
                      "rectanglelabels": ["circle"]}}
@@ -53,15 +59,8 @@ def test_regions_are_not_accepted_too_easily():
     """Issue 13, defect 7: another object's regions, 5,000 boxes, exact duplicates, stray
     sub-pixel boxes and unbounded provenance texts were accepted as they came."""
     from hitl_plugin.labeling.collect import MAX_REGIONS, collect_corrections
-    from hitl_plugin.schemas import SelectionManifest
 
-    selection = SelectionManifest.model_validate({
-        "dag_id": "d", "run_id": "r", "dataset": "s", "version": "v0001",
-        "model_version": "m", "categories": [{"id": 1, "name": "circle"}],
-        "strategy": "label_error", "budget": 4, "seed": 0,
-        "items": [{"image_id": i, "file_name": f"x/{i}.png", "width": 160, "height": 160,
-                   "split": "train", "reason": "label_error", "score": 0.5}
-                  for i in range(1, 5)]})
+    selection = _selection(4, 160, 160)
 
     def box(x=10, w=20, **kw):
         return {"from_name": "label", "to_name": "image", "type": "rectanglelabels", **kw,
