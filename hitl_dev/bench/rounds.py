@@ -399,6 +399,7 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
     """R rounds of one strategy on one seed's data; return its curve."""
     from hitl_plugin import steps
     from hitl_plugin.dataset.store import DatasetStore
+    from hitl_plugin.schemas import SelectionManifest, read_model, write_json_atomic
 
     overrides = scenario.strategies[strategy]
     root = work / f"seed{seed}" / strategy
@@ -457,8 +458,6 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
             _cleanlab_rescore(Path(scored["scores"]), _objectlab_quality(inputs, cut))
         selected = steps.select(rnd, scores=scored["scores"], version=version,
                                 model_version=promoted["checkpoint"], budget=scenario.budget)
-        from hitl_plugin.schemas import SelectionManifest, read_model, write_json_atomic
-
         manifest = read_model(SelectionManifest, selected["selection"])
         picked = [s.image_id for s in manifest.items]
         point["selected"] = {"n": len(picked), "by_reason": selected["by_reason"],
