@@ -574,3 +574,215 @@ def main(argv: list[str] | None = None, prog: str = "hitl annotate-sim") -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "entries"}, indent=1))
     failed = summary["errors"] or (args.until_empty and summary["timed_out"])
     return 1 if failed else 0
+
+
+# -- a SIMULATED workforce: several people, each a Label Studio user ---------------------
+
+#: Password of the simulated people's Label Studio accounts (local test servers only).
+PERSON_PASSWORD = "simulated-person-0"
+
+
+def plan_answer(image: dict, start: list[dict], truth_boxes: list[dict],
+                categories: dict[int, str], rng: random.Random,
+                accuracy: float) -> tuple[list[dict], list[dict], list[dict], Counter]:
+    """A person's answer in which ``accuracy`` is exactly the chance that a true box is right.
+
+    The person first edits the pre-fill as a careful reviewer would (:func:`plan_review`
+    without slips: keep what is right, fix what is wrong, delete boxes on nothing, draw what
+    is missing); then each true box, independently with probability ``1 - accuracy``, ends
+    wrong: left out (``missed``), given another class (``wrong_class``), or drawn off its
+    object, IoU < 0.5 (``sloppy``). So the share of true boxes their answer matches (IoU >=
+    0.5, the same class) is a binomial draw with mean ``accuracy``: what gold tasks measure.
+
+    :return: as :func:`plan_review`.
+    """
+    from hitl_plugin.labeling.gold import move_off
+
+    regions, boxes, _, actions = plan_review(image, start, truth_boxes, categories, rng, 1.0)
+    width, height = int(image["width"]), int(image["height"])
+    names = sorted(set(categories.values()))
+    truth = {t.get("id"): t for t in truth_boxes}
+    out_regions, out_boxes, mistakes = [], [], []
+    for region, box in zip(regions, boxes):
+        t = truth.get(box["truth_id"]) if box["truth_id"] is not None else None
+        if t is None or rng.random() >= 1.0 - accuracy:
+            out_regions.append(region)
+            out_boxes.append(box)
+            continue
+        kinds = ["missed", "sloppy"] + (["wrong_class"] if len(names) > 1 else [])
+        kind = rng.choice(kinds)
+        mistakes.append({"kind": kind, "truth_id": box["truth_id"],
+                         "truth_bbox": [float(v) for v in t["bbox"]],
+                         "truth_category": box["category"]})
+        actions["overlooked" if kind == "missed" else kind] += 1
+        if kind == "missed":
+            continue
+        label, bbox = box["category"], box["bbox"]
+        if kind == "wrong_class":
+            label = rng.choice([n for n in names if n != label])
+        else:
+            bbox = move_off([float(v) for v in t["bbox"]], width, height, rng) or bbox
+        new = {**to_rectangle(bbox, label, width, height, rng), "id": region.get("id")}
+        out_regions.append(new)
+        out_boxes.append({"bbox": bbox, "category": label, "truth_id": box["truth_id"]})
+    return out_regions, out_boxes, mistakes, actions
+
+
+def person_token(url: str, admin_token: str, email: str,
+                 password: str = PERSON_PASSWORD) -> str:
+    """The API token of a SIMULATED person's own Label Studio account, made as an
+    organisation adds a member: the admin's invite link, the sign-up form (or, when the
+    account exists, the login form), then the person's token."""
+    import re
+
+    url = url.rstrip("/")
+    admin = {"Authorization": f"Token {admin_token}"}
+    with requests.Session() as web:
+        invite = web.get(f"{url}/api/invite", headers=admin, timeout=60)
+        if invite.status_code >= 400:
+            raise SimulatorError(f"reading the invite link: HTTP {invite.status_code}: "
+                                 f"{invite.text[:300]}")
+        for page in (invite.json()["invite_url"], "/user/login/"):
+            form = web.get(f"{url}{page}", timeout=60)
+            found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+            if not found:
+                raise SimulatorError(f"{page}: no sign-in form (HTTP {form.status_code})")
+            web.post(f"{url}{page}", data={"csrfmiddlewaretoken": found.group(1),
+                                           "email": email, "password": password},
+                     headers={"Referer": f"{url}{page}"}, allow_redirects=False, timeout=60)
+            answer = web.get(f"{url}/api/current-user/token", timeout=60)
+            if answer.status_code == 200:
+                return str(answer.json()["token"])
+    raise SimulatorError(f"could not sign up or log in SIMULATED person {email}")
+
+
+def simulate_workforce(url: str, admin_token: str, project: int, truth: dict,
+                       people: list[dict], *, stop_event: threading.Event | None = None,
+                       timeout: float = 600.0, poll: float = 0.5, idle_stop: float | None = None,
+                       log_path: Path | str | None = None) -> dict:
+    """Label a project as a SIMULATED workforce: each person is their own Label Studio user
+    and works through Label Studio's labeling stream (``GET /api/projects/{id}/next``, what
+    the "Label All Tasks" button serves a person), which gives an overlapped task to as many
+    different people as its ``overlap`` asks and never twice to one person.
+
+    :param people: ``{"email", "accuracy", "seed", "latency" (mean seconds, 0), "skip_rate"
+        (0)}`` per person; ``accuracy`` is the chance that a true box is right in their
+        answer (:func:`plan_answer`).
+    :param stop_event: set it to stop; else they stop after ``timeout``, or once nobody has
+        had a task for ``idle_stop`` seconds (None: only at the stop event or timeout).
+    :return: ``{"simulated": True, "project", "people": {email: {"accuracy", "annotated",
+        "skipped", "boxes_truth", "mistakes", "entries"}}, "errors", "elapsed_s"}``.
+    """
+    images, truth_boxes, categories = _truth_index(truth)
+    stop = stop_event or threading.Event()
+    began = time.monotonic()
+    deadline = began + timeout
+    errors: list[dict] = []
+    lock = threading.Lock()
+    results: dict[str, dict] = {}
+    last_work = [time.monotonic()]
+
+    def work(person: dict) -> None:
+        email, accuracy = person["email"], float(person["accuracy"])
+        client = _Client(url, person_token(url, admin_token, email))
+        mine = results[email] = {"accuracy": accuracy, "simulated": True, "annotated": 0,
+                                 "skipped": 0, "boxes_truth": 0, "mistakes": Counter(),
+                                 "entries": []}
+        model_version = client.model_version(project)
+        while not stop.is_set() and time.monotonic() < deadline:
+            response = client.session.get(f"{client.url}/api/projects/{project}/next",
+                                          timeout=60)
+            if response.status_code == 404:  # nothing left for this person now
+                if idle_stop is not None and time.monotonic() - last_work[0] > idle_stop:
+                    return
+                stop.wait(poll)
+                model_version = client.model_version(project)
+                continue
+            if response.status_code >= 400:
+                with lock:
+                    errors.append({"person": email, "error": f"next: HTTP "
+                                   f"{response.status_code}: {response.text[:200]}"})
+                stop.wait(poll)
+                continue
+            last_work[0] = time.monotonic()
+            task = client.task(int(response.json()["id"]))
+            task_id = int(task["id"])
+            rng = random.Random(f"{person.get('seed', 0)}:{email}:{task_id}")
+            data = task.get("data") or {}
+            try:
+                image_id = int(data.get("hitl_image_id", data.get("image_id")))
+            except (TypeError, ValueError):
+                image_id = None
+            if image_id not in images:
+                with lock:
+                    errors.append({"person": email, "task_id": task_id,
+                                   "error": "no truth for the task's image"})
+                client.annotate(task_id, [], cancelled=True, lead_time=0.0)
+                continue
+            image = images[image_id]
+            shown = next((p.get("result") or [] for p in task.get("predictions") or []
+                          if p.get("model_version") == model_version), [])
+            start = [r for r in shown if r.get("from_name", EDITABLE) == EDITABLE
+                     and r.get("type") == "rectanglelabels"]
+            latency = float(person.get("latency", 0.0))
+            delay = latency * rng.uniform(0.5, 1.5) if latency > 0 else rng.uniform(2, 20)
+            skipped = rng.random() < float(person.get("skip_rate", 0.0))
+            if skipped:
+                regions, boxes, mistakes = [], [], []
+            else:
+                regions, boxes, mistakes, _ = plan_answer(
+                    image, start, truth_boxes.get(image_id, []), categories, rng, accuracy)
+            if latency > 0 and stop.wait(delay):
+                return
+            kept_ids = {r.get("id") for r in regions}
+            others = [] if skipped else [
+                r for r in shown if r.get("from_name", EDITABLE) != EDITABLE
+                and (r.get("type") != "textarea" or r.get("id") in kept_ids
+                     or not str(r.get("id", "")).startswith("l"))]
+            try:
+                # lead_time: the seconds this person took (simulated: drawn, not slept,
+                # unless a latency is set)
+                created = client.annotate(task_id, regions + others, cancelled=skipped,
+                                          lead_time=round(delay, 3))
+            except (SimulatorError, requests.RequestException) as exc:
+                with lock:
+                    errors.append({"person": email, "task_id": task_id, "error": str(exc)})
+                continue
+            with lock:
+                mine["skipped" if skipped else "annotated"] += 1
+                if not skipped:
+                    mine["boxes_truth"] += len(truth_boxes.get(image_id, []))
+                mine["mistakes"].update(m["kind"] for m in mistakes)
+                mine["entries"].append({"task_id": task_id, "image_id": image_id,
+                                        "annotation_id": created.get("id"),
+                                        "skipped": skipped, "boxes": boxes,
+                                        "mistakes": mistakes, "lead_time": round(delay, 3)})
+
+    def run(person: dict) -> None:
+        try:
+            work(person)
+        except Exception as exc:  # report it; the others go on
+            with lock:
+                errors.append({"person": person.get("email"), "error": repr(exc)})
+            log.exception("SIMULATED person %s stopped", person.get("email"))
+
+    log.info("SIMULATED workforce of %s people labeling project %s at %s: %s", len(people),
+             project, url, ", ".join(f"{p['email']} ({p['accuracy']})" for p in people))
+    threads = [threading.Thread(target=run, args=(p,), name=f"sim-person-{i}", daemon=True)
+               for i, p in enumerate(people)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(1.0, deadline - time.monotonic() + 60))
+    for r in results.values():
+        r["entries"].sort(key=lambda e: e["task_id"])
+        r["mistakes"] = dict(r["mistakes"])
+    summary = {"simulated": True, "project": project, "people": results, "errors": errors,
+               "elapsed_s": round(time.monotonic() - began, 3)}
+    log.info("SIMULATED workforce done in %.1f s: %s", summary["elapsed_s"],
+             {e: (r["annotated"], r["skipped"]) for e, r in results.items()})
+    if log_path is not None:
+        from hitl_plugin.schemas import write_json_atomic
+
+        write_json_atomic(log_path, summary)
+    return summary

@@ -4,7 +4,8 @@ Boxes are COCO ``[x, y, width, height]``. :func:`iou` compares two boxes in plai
 (the merge calls it per box pair while it streams a dataset, where building arrays would
 cost more than it saves); :func:`iou_matrix` compares every box of one set with every box of
 another (scoring); :func:`compare` matches the boxes a person started from with the boxes
-they returned (collect and merge).
+they returned (collect and merge); :func:`same_object_pairs` pairs two answers box by box
+(consensus, and scoring people against the truth).
 """
 
 from __future__ import annotations
@@ -91,6 +92,37 @@ def compare(old: Sequence[dict], new: Sequence[dict]) -> dict:
     counts["missing"] = len(new) - len(used_new)
     counts["spurious"] = len(old) - len(used_old)
     return {"counts": counts, "unchanged": unchanged}
+
+
+def same_object_pairs(a: Sequence[dict], b: Sequence[dict], *, min_iou: float = MATCH_IOU,
+                      same_class: bool = True) -> list[tuple[int, int]]:
+    """Pair the boxes of ``a`` and ``b`` one to one, greedily by IoU (highest first), as
+    COCOeval matches detections: a pair needs IoU >= ``min_iou`` and, with ``same_class``,
+    the same ``category_id``. Ties go to the lower indices."""
+    pairs = sorted(((iou(x["bbox"], y["bbox"]), i, j) for i, x in enumerate(a)
+                    for j, y in enumerate(b)
+                    if not same_class or x["category_id"] == y["category_id"]),
+                   key=lambda t: (-t[0], t[1], t[2]))
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    out = []
+    for overlap, i, j in pairs:
+        if overlap < min_iou:
+            break
+        if i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        out.append((i, j))
+    return out
+
+
+def box_f1(a: Sequence[dict], b: Sequence[dict], *, min_iou: float = MATCH_IOU) -> float:
+    """How well two answers agree: 2 x matched pairs / (boxes of both); 1.0 when both are
+    empty."""
+    if not a and not b:
+        return 1.0
+    return 2.0 * len(same_object_pairs(a, b, min_iou=min_iou)) / (len(a) + len(b))
 
 
 def answer_kind(started: Sequence[dict], returned: Sequence[dict]) -> str:

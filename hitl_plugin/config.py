@@ -226,6 +226,44 @@ class LabelingConfig(_Section):
         "labels and reports the answer as rejected; `no_objects` accepts that the image "
         "shows nothing to label and removes them. Counted in the round report either way.",
     )
+    annotators_per_task: int = Field(
+        default=1, ge=1, le=10,
+        description="People who answer each overlapped task (k). 1: every task goes to one "
+        "person (no overlap). With k > 1 the answers to an overlapped task are merged box by "
+        "box (consensus) and a task counts as done at k answers.",
+    )
+    overlap: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Share of the round's tasks answered by `annotators_per_task` people; "
+        "every gold task is overlapped too.",
+    )
+    min_agreement: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="An overlapped task whose agreement (mean pairwise box F1 between its "
+        "answers, IoU >= 0.5 and the same class) is below this is held and reported, not "
+        "merged.",
+    )
+    min_accuracy: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="A person whose accuracy measured on gold tasks is below this has their "
+        "answers outside consensus held back (recorded, not merged). Empty: nobody is held.",
+    )
+    gold: str | None = Field(
+        default=None,
+        description="COCO JSON with the true boxes of gold images (matched to the dataset by "
+        "`file_name`). Gold tasks look like the others: their pre-fill is the truth with known "
+        "errors planted in it, so that accepting everything does not score well. Relative "
+        "paths are resolved against the config file's folder.",
+    )
+    gold_from_consensus: bool = Field(
+        default=False,
+        description="Also use as gold the images that an earlier round's consensus confirmed "
+        "unanimously with at least 3 people.",
+    )
+    gold_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0,
+        description="Share of the round's tasks that are gold, spread over every batch.",
+    )
 
 
 class MergeConfig(_Section):
@@ -279,6 +317,9 @@ class PipelineConfig(_Section):
     def _fraction_policy(self) -> PipelineConfig:
         if self.labeling.completion == "all" and self.labeling.min_fraction != 1.0:
             raise ValueError("labeling.min_fraction needs labeling.completion: fraction")
+        lab = self.labeling
+        if lab.overlap > 0 and lab.annotators_per_task < 2:
+            raise ValueError("labeling.overlap needs labeling.annotators_per_task of 2 or more")
         return self
 
     def digest(self) -> str:

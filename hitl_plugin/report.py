@@ -148,6 +148,7 @@ def summary_text(rep: dict) -> str:
         f"  new images labeled from the pool: {rep['pool_labeled']} "
         f"({rep['pool_boxes_labeled']} boxes)",
         *_auto_accept_lines(rep.get("auto_accept")),
+        *_workforce_lines(rep.get("workforce"), rep.get("annotators") or []),
         f"  mAP50-95 before: {_fmt(rep['map50_95_before'])}   after: "
         f"{_fmt(rep['map50_95_after'])}",
         f"  new dataset version: {rep['new_version']} (parent {rep['base_version']})",
@@ -168,6 +169,29 @@ def _auto_accept_lines(aa: dict | None) -> list[str]:
             f"    against it: {aa['accepted_boxes_changed_by_people']} accepted boxes changed "
             f"by people in their tasks, {aa['earlier_model_labels_corrected']} earlier "
             "model labels corrected"]
+
+
+def _workforce_lines(wf: dict | None, people: list[dict]) -> list[str]:
+    if not people:
+        return []
+    lines = [f"  people: {len(people)}; {wf['gold_tasks']} gold tasks "
+             f"({wf['gold_planted_errors']} planted errors), {wf['overlapped_tasks']} "
+             f"overlapped tasks, {wf['consensus_merged']} merged by consensus; held: "
+             + (", ".join(f"{n} {k}" for k, n in sorted(wf["held"].items())) or "none")]
+    for row in people:
+        ci = row.get("accuracy_ci95")
+        acc = "n/a" if row.get("accuracy") is None else (
+            f"{row['accuracy']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
+        lines.append(f"    {row['annotator']}: {row['tasks']} tasks, {row['gold_boxes']} gold "
+                     f"boxes, accuracy {acc}, precision {_opt(row.get('precision'))}, "
+                     f"agreement {_opt(row.get('agreement'))}, median "
+                     f"{_opt(row.get('median_seconds'))} s/task"
+                     + (" FLAGGED (answers outside consensus held)" if row["flagged"] else ""))
+    return lines
+
+
+def _opt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _fmt(value: float | None) -> str:
@@ -231,6 +255,18 @@ def write_round_report(
             "accepted_boxes_changed_by_people": counts.get("accepted_boxes_changed_by_people",
                                                            0),
             "earlier_model_labels_corrected": counts.get("model_labels_corrected", 0),
+        },
+        # the per-person table (labeling.annotators_per_task, labeling.gold); empty when the
+        # round measured nobody
+        "annotators": [row.model_dump() for row in corrections.annotators],
+        "workforce": {
+            "gold_tasks": len(corrections.gold),
+            "gold_planted_errors": sum(len(g.planted) for g in selection.gold),
+            "overlapped_tasks": sum(1 for i in selection.items if i.annotators > 1
+                                    and i.image_id not in {g.image_id for g in selection.gold}),
+            "consensus_merged": sum(1 for c in corrections.items if c.annotators),
+            "held": dict(Counter(h.kind for h in corrections.held)),
+            "flagged": [row.annotator for row in corrections.annotators if row.flagged],
         },
         "labels_confirmed": merge_report["counts"].get("labels_confirmed", 0),
         "fixed": merge_report.get("fixed_by_kind", {}),

@@ -56,6 +56,15 @@ class Category(_Model):
     name: str
 
 
+class CorrectedBox(_Model):
+    bbox: list[float] = Field(min_length=4, max_length=4)
+    category_id: int
+    #: the model's score, for a box the model labeled alone (``source: model``)
+    score: float | None = None
+    #: for a consensus box: how many of the task's people drew it
+    support: int | None = None
+
+
 class Prediction(_Model):
     """One box predicted by the model (a pre-annotation for people)."""
 
@@ -116,6 +125,19 @@ class SelectedSample(_Model):
     suspicions: list[Suspicion] = Field(default_factory=list)
     predictions: list[Prediction] = Field(default_factory=list)
     labels: list[LabelBox] = Field(default_factory=list)
+    #: people who answer this task (``labeling.annotators_per_task`` when overlapped, else 1)
+    annotators: int = 1
+
+
+class GoldTruth(_Model):
+    """A gold task of the round: the image's true boxes and the errors planted in its
+    pre-fill. Kept on our side only; the task itself looks like any other."""
+
+    image_id: int
+    source: Literal["config", "consensus"]
+    boxes: list[CorrectedBox]
+    #: what was planted in the pre-fill (``kind`` and the boxes involved), for the record
+    planted: list[dict] = Field(default_factory=list)
 
 
 class AutoAcceptance(_Model):
@@ -163,16 +185,22 @@ class SelectionManifest(_Model):
     #: labels alone this round (they go to no person)
     auto_accept: AutoAcceptance | None = None
     auto_accepted: list[AutoAccepted] = Field(default_factory=list)
-
-
-class CorrectedBox(_Model):
-    bbox: list[float] = Field(min_length=4, max_length=4)
-    category_id: int
-    #: the model's score, for a box the model labeled alone (``source: model``)
-    score: float | None = None
+    #: the gold tasks mixed into the items (``labeling.gold``): scored, never merged
+    gold: list[GoldTruth] = Field(default_factory=list)
 
 
 AnswerKind = Literal["confirmed", "edited", "empty"]
+
+
+class Answer(_Model):
+    """One person's validated answer to a task (of an overlapped or gold task)."""
+
+    annotator: str
+    annotation_id: int | None = None
+    time: str | None = None
+    #: seconds the person spent (Label Studio's ``lead_time``)
+    lead_time: float | None = None
+    boxes: list[CorrectedBox] = Field(default_factory=list)
 
 
 class Correction(_Model):
@@ -190,6 +218,8 @@ class Correction(_Model):
     annotation_id: int | None = None
     annotator: str | None = None
     time: str | None = None
+    #: seconds the person spent (Label Studio's ``lead_time``)
+    lead_time: float | None = None
     boxes: list[CorrectedBox] = Field(default_factory=list)
     #: Other annotations of the same task that lost to this one (rule: the most recent
     #: non-cancelled annotation wins), kept for the record and never merged.
@@ -204,6 +234,11 @@ class Correction(_Model):
     #: boxes the model had auto-accepted in the task that the person changed or removed
     #: (counted against ``selection.auto_accept``)
     accepted_changed: int = 0
+    #: for an overlapped task: the people whose answers were merged box by box (the
+    #: consensus is ``boxes``), their agreement, and each answer as it came
+    annotators: list[str] = Field(default_factory=list)
+    agreement: float | None = None
+    answers: list[Answer] = Field(default_factory=list)
 
 
 class Rejected(_Model):
@@ -216,6 +251,50 @@ class Rejected(_Model):
     answer: Literal["empty"] | None = None
 
 
+class GoldResult(_Model):
+    """The answers to one gold task: scored against the truth, never merged."""
+
+    image_id: int
+    task_id: int
+    answers: list[Answer]
+
+
+class Held(_Model):
+    """A valid answer that is recorded but not merged, and why."""
+
+    image_id: int
+    task_id: int
+    kind: Literal["low_agreement", "low_accuracy"]
+    reason: str
+    annotators: list[str] = Field(default_factory=list)
+    agreement: float | None = None
+    boxes: list[CorrectedBox] = Field(default_factory=list)
+
+
+class AnnotatorScore(_Model):
+    """One person's row of the round's per-annotator table (``annotators``).
+
+    ``accuracy``: the share of true boxes of the gold tasks that the person's answers match
+    (IoU >= 0.5, the same class), with its 95 % Wilson interval; ``precision``: the share of
+    their boxes on gold tasks that match a true box; ``agreement``: box F1 of their answers
+    with the consensus on overlapped non-gold tasks.
+    """
+
+    annotator: str
+    tasks: int
+    gold_tasks: int
+    gold_boxes: int
+    gold_matched: int
+    accuracy: float | None
+    accuracy_ci95: list[float] | None
+    precision: float | None
+    agreement: float | None
+    agreement_tasks: int
+    median_seconds: float | None
+    flagged: bool
+    held_answers: int = 0
+
+
 class Corrections(_Model):
     """The validated outcome of a round (``corrections.json``)."""
 
@@ -226,6 +305,9 @@ class Corrections(_Model):
     version: str
     items: list[Correction]
     rejected: list[Rejected] = Field(default_factory=list)
+    gold: list[GoldResult] = Field(default_factory=list)
+    held: list[Held] = Field(default_factory=list)
+    annotators: list[AnnotatorScore] = Field(default_factory=list)
 
 
 def read_model(model: type[BaseModel], path: str | os.PathLike[str]) -> Any:
@@ -332,6 +414,7 @@ class SubmitResult(TypedDict):
     already_present: int
     batch: list[int]
     duplicates: int
+    overlapped: int
     submission: str
 
 
@@ -352,6 +435,10 @@ class CollectResult(TypedDict):
     skipped: int
     rejected: int
     pending: int
+    #: answers recorded but not merged (low agreement, a person below min_accuracy)
+    held: int
+    #: gold tasks answered (they score people and are never merged)
+    gold: int
 
 
 class MergeResult(TypedDict):

@@ -320,6 +320,12 @@ def select(rnd: Round, *, scores: str, version: str, model_version: str,
     from hitl_plugin.model.select import batches, select_samples
 
     coco = rnd.store.load(version)
+    lab = rnd.config.labeling
+    gold = {}
+    if lab.gold or lab.gold_from_consensus:
+        from hitl_plugin.labeling.gold import gold_images
+
+        gold = gold_images(rnd.config, coco)
     calibration = None
     calibration_file = Path(scores).with_name(rnd.paths.auto_accept.name)
     if calibration_file.is_file():
@@ -329,11 +335,17 @@ def select(rnd: Round, *, scores: str, version: str, model_version: str,
         dataset=rnd.config.dataset.name, version=version, model_version=model_version,
         budget=budget, strategy=strategy,
         auto_accept=acceptance(rnd.config.selection, calibration=calibration,
-                               model_version=model_version))
+                               model_version=model_version), exclude=gold)
+    if gold or (lab.annotators_per_task > 1 and lab.overlap > 0):
+        from hitl_plugin.labeling.gold import mix_gold
+
+        manifest = mix_gold(manifest, rnd.config, coco, scores, gold=gold)
     path = write_json_atomic(rnd.paths.selection, manifest)
     by_reason = dict(Counter(item.reason for item in manifest.items))
-    log.info("Selected %s images (%s, budget %s): %s", len(manifest.items), manifest.strategy,
-             manifest.budget, by_reason)
+    log.info("Selected %s images (%s, budget %s): %s; %s gold, %s answered by %s people",
+             len(manifest.items), manifest.strategy, manifest.budget, by_reason,
+             len(manifest.gold), sum(1 for i in manifest.items if i.annotators > 1),
+             lab.annotators_per_task)
     if manifest.auto_accept is not None:
         log.info("Auto-accept (threshold %s, %s): %s pool image(s) labeled by the model alone, "
                  "%s box(es)", manifest.auto_accept.threshold, manifest.auto_accept.source,
@@ -396,6 +408,8 @@ class WaitPlan(TypedDict):
     on_timeout: str
     deadline: str
     poke_interval: float
+    #: the most people a task of the round needs (``labeling.annotators_per_task``)
+    annotators: int
 
 
 def plan_wait(rnd: Round, *, task_id: str, submissions: Iterable[SubmitResult] | None = None,
@@ -443,7 +457,15 @@ def plan_wait(rnd: Round, *, task_id: str, submissions: Iterable[SubmitResult] |
             "run_id": rnd.run_id, "completion": completion, "min_fraction": min_fraction,
             "on_timeout": on_timeout, "deadline": deadline.isoformat(),
             "poke_interval": float(poke_interval if poke_interval is not None
-                                   else lab.poke_interval)}
+                                   else lab.poke_interval),
+            "annotators": lab.annotators_per_task if _overlapped(rnd) else 1}
+
+
+def _overlapped(rnd: Round) -> bool:
+    """Whether the round sends any task to several people (overlap or gold)."""
+    lab = rnd.config.labeling
+    return lab.annotators_per_task > 1 and bool(lab.overlap > 0 or lab.gold
+                                                 or lab.gold_from_consensus)
 
 
 def check_wait(client: LabelStudioClient, plan: WaitPlan, *, now: datetime | None = None
@@ -455,7 +477,8 @@ def check_wait(client: LabelStudioClient, plan: WaitPlan, *, now: datetime | Non
     from hitl_plugin.labeling.client import round_counts_sync
     from hitl_plugin.labeling.wait import decide, to_deadline
 
-    counts = round_counts_sync(client, plan["project_id"], plan["dag_id"], plan["run_id"])
+    counts = round_counts_sync(client, plan["project_id"], plan["dag_id"], plan["run_id"],
+                               plan.get("annotators", 1))
     log.info("Round %s: %s/%s tasks done (%s annotated, %s skipped)", plan["run_id"],
              counts["completed"], max(counts["total"], plan["expected"] or 0),
              counts["annotated"], counts["skipped"])
@@ -504,19 +527,25 @@ def collect(rnd: Round, client: LabelStudioClient, *, selection: str,
 
     manifest = read_model(SelectionManifest, selection)
     project, _ = project_and_expected(submissions, project_id)
+    lab = rnd.config.labeling
     corrections = collect_corrections(client, project_id=project, dag_id=rnd.dag_id,
                                       run_id=rnd.run_id, selection=manifest,
-                                      empty_answer=rnd.config.labeling.empty_answer)
+                                      empty_answer=lab.empty_answer,
+                                      min_agreement=lab.min_agreement,
+                                      min_accuracy=lab.min_accuracy)
     path = write_json_atomic(rnd.paths.corrections, corrections)
     labeled = sum(1 for c in corrections.items if c.status == "labeled")
     skipped = sum(1 for c in corrections.items if c.status == "skipped")
     answered = {c.image_id for c in corrections.items} | {
-        r.image_id for r in corrections.rejected if r.image_id is not None}
+        r.image_id for r in corrections.rejected if r.image_id is not None} | {
+        h.image_id for h in corrections.held} | {g.image_id for g in corrections.gold}
     pending = sum(1 for s in manifest.items if s.image_id not in answered)
-    log.info("Corrections: %s labeled, %s skipped, %s rejected, %s pending -> %s",
-             labeled, skipped, len(corrections.rejected), pending, path)
+    log.info("Corrections: %s labeled, %s skipped, %s rejected, %s held, %s gold task(s) "
+             "scored, %s pending -> %s", labeled, skipped, len(corrections.rejected),
+             len(corrections.held), len(corrections.gold), pending, path)
     return {"corrections": str(path), "labeled": labeled, "skipped": skipped,
-            "rejected": len(corrections.rejected), "pending": pending}
+            "rejected": len(corrections.rejected), "pending": pending,
+            "held": len(corrections.held), "gold": len(corrections.gold)}
 
 
 # -- merge and report ---------------------------------------------------------------------

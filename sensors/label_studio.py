@@ -160,7 +160,7 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
                 dag_id=plan["dag_id"], run_id=plan["run_id"], deadline=deadline,
                 expected=plan["expected"], completion=plan["completion"],
                 min_fraction=plan["min_fraction"], on_timeout=plan["on_timeout"],
-                poke_interval=plan["poke_interval"]),
+                poke_interval=plan["poke_interval"], annotators=plan["annotators"]),
             method_name="execute_complete",
             # A safety net only: the trigger itself ends at the deadline.
             timeout=timedelta(seconds=max(0.0, remaining)

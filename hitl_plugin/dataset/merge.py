@@ -186,6 +186,8 @@ class _Merger:
         #: pool images labeled this round: their new boxes are first labels, not fixes
         self.from_pool: set[int] = set()
         self.pool_boxes = 0
+        #: images whose answer was the consensus of several people
+        self.consensus = 0
 
     def images(self, items: Iterator[str]) -> Iterator[str]:
         log.debug("publish phase: %s", "images")  # the crash tests kill in each phase
@@ -222,6 +224,13 @@ class _Merger:
                     was_weighted = img.get("weight", 1.0) != 1.0
                     img["weight"] = float(self.human_weight)
                     img["hitl_verified_round"] = self.number
+                    if corr.annotators:  # merged box by box from several people's answers
+                        img["hitl_consensus"] = {"round": self.number,
+                                                 "people": len(corr.annotators),
+                                                 "agreement": corr.agreement}
+                        self.consensus += 1
+                    else:
+                        img.pop("hitl_consensus", None)
                     if img.get("hitl_split") == "pool":
                         img["hitl_split"] = "train"
                         self.pool_labeled += 1
@@ -301,6 +310,10 @@ class _Merger:
                            "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
                            "source": "human", "round": self.number, "annotator": annotator,
                            "time": when}
+                    if corr.annotators:
+                        ann["consensus"] = {"annotators": list(corr.annotators),
+                                            "agreement": corr.agreement,
+                                            "support": corr.boxes[j].support}
                     new.append(ann)
                 yield _line(ann)
             kept_ids = {a["id"] for a in kept}
@@ -322,6 +335,9 @@ class _Merger:
                 "replaced": replaced, "replaced_by": [a["id"] for a in new],
                 "confirmed": sorted(kept_ids), "changes": diff["counts"], "conflict": False,
             }
+            if corr.annotators:
+                record["consensus"] = {"annotators": list(corr.annotators),
+                                       "agreement": corr.agreement}
             if corr.superseded:  # the service's other annotations of the task, which lost
                 record["labeling_superseded"] = list(corr.superseded)
             human = [a for a in old if a.get("source") == "human"]
@@ -571,6 +587,9 @@ def _report(store: DatasetStore, merger: _Merger, plan: _Plan, corrections: Corr
         "model_boxes_written": merger.n_model,
         "model_labels_corrected": merger.removed_sources.get("model", 0),
         "accepted_boxes_changed_by_people": sum(c.accepted_changed for c in corrections.items),
+        "consensus_images": merger.consensus,
+        "held": len(corrections.held),
+        "gold_tasks": len(corrections.gold),
         "fixed_by_kind": fixed,
     }
     return {

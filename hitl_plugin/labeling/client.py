@@ -77,6 +77,22 @@ def run_filters(dag_id: str, run_id: str) -> list[dict]:
 ANNOTATED = [task_filter("total_annotations", "greater", 0, "Number")]
 SKIPPED_ONLY = [task_filter("total_annotations", "equal", 0, "Number"),
                 task_filter("cancelled_annotations", "greater", 0, "Number")]
+#: With overlapped tasks: Label Studio's own ``is_labeled`` (shown as ``completed_at``), true
+#: once a task has as many non-cancelled answers as its per-task ``overlap``; a skip ends
+#: only a task meant for one person (an overlapped one goes on to the next person).
+LABELED = [task_filter("completed_at", "empty", False, "Datetime")]
+SKIPPED_SINGLE = SKIPPED_ONLY + [task_filter("data.hitl_annotators", "equal", 1, "Number")]
+
+
+def count_filters(annotators: int = 1) -> tuple[tuple[str, list[dict]], ...]:
+    """The three count queries of a round's wait: ``total``, ``annotated``, ``skipped``.
+
+    :param annotators: the most people any task of the round needs (1: the queries of a
+        round without overlap, unchanged).
+    """
+    if annotators <= 1:
+        return ("total", []), ("annotated", ANNOTATED), ("skipped", SKIPPED_ONLY)
+    return ("total", []), ("annotated", LABELED), ("skipped", SKIPPED_SINGLE)
 
 
 def _query(filters: Sequence[dict], conjunction: str = "and") -> str:
@@ -379,6 +395,13 @@ class LabelStudioClient(_Base):
                 found.setdefault(key, []).append(task)
         return found
 
+    def set_overlap(self, task_id: int, annotators: int) -> dict:
+        """Make Label Studio want ``annotators`` answers to the task (its per-task
+        ``overlap``): its labeling stream then serves the task to that many different people,
+        and counts it labeled (``is_labeled``) only then."""
+        return self.request("PATCH", f"/api/tasks/{int(task_id)}/",
+                            json_body={"overlap": int(annotators)})
+
     def create_annotation(self, task_id: int, result: list[dict], *,
                           was_cancelled: bool = False) -> dict:
         return self.request("POST", f"/api/tasks/{int(task_id)}/annotations/",
@@ -481,25 +504,23 @@ class AsyncLabelStudioClient(_Base):
 
 
 async def round_counts(client: AsyncLabelStudioClient, project_id: int, dag_id: str,
-                       run_id: str) -> dict[str, int]:
+                       run_id: str, annotators: int = 1) -> dict[str, int]:
     """Count one round's tasks: ``total``, ``annotated``, ``skipped`` and ``completed``.
 
-    Three filtered count queries, each reading one task at most.
+    Three filtered count queries (:func:`count_filters`), each reading one task at most.
     """
     base = run_filters(dag_id, run_id)
     counts = {name: await client.count_tasks(project_id, base + extra)
-              for name, extra in (("total", []), ("annotated", ANNOTATED),
-                                  ("skipped", SKIPPED_ONLY))}
+              for name, extra in count_filters(annotators)}
     counts["completed"] = counts["annotated"] + counts["skipped"]
     return counts
 
 
 def round_counts_sync(client: LabelStudioClient, project_id: int, dag_id: str,
-                      run_id: str) -> dict[str, int]:
+                      run_id: str, annotators: int = 1) -> dict[str, int]:
     """Synchronous :func:`round_counts` for the sensor's first poke."""
     base = run_filters(dag_id, run_id)
     counts = {name: client.count_tasks(project_id, base + extra)
-              for name, extra in (("total", []), ("annotated", ANNOTATED),
-                                  ("skipped", SKIPPED_ONLY))}
+              for name, extra in count_filters(annotators)}
     counts["completed"] = counts["annotated"] + counts["skipped"]
     return counts

@@ -131,7 +131,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
     :param sync_model_version: after importing, make the project show ``model_version`` (Label
         Studio accepts a version only once predictions carry it); False when it already does.
     :return: ``{"project_id", "submitted", "already_present", "batch": [start, stop],
-        "duplicates", "submission"}``; ``duplicates`` counts keys found more than once (left as
+        "duplicates", "overlapped", "submission"}``; ``overlapped`` counts the tasks answered
+        by several people; ``duplicates`` counts keys found more than once (left as
         they are; the lowest task id is used).
     :raises LabelStudioError: when the service keeps failing.
     """
@@ -201,6 +202,13 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         task_ids.update(zip(missing, new_ids))
         submitted += len(new_ids)
         break
+    # Label Studio's per-task overlap: its labeling stream serves an overlapped task to that
+    # many different people. Set on every call (idempotent): a crash between the import and
+    # these calls is mended by the retry.
+    overlapped = [(task_ids[k], s.annotators) for k, s in samples.items()
+                  if s.annotators > 1 and k in task_ids]
+    for task_id, annotators in overlapped:
+        client.set_overlap(task_id, annotators)
     if sync_model_version and submitted and (
             client.get_project(project_id) or {}).get("model_version") != model_version:
         set_model_version(client, project_id, model_version)
@@ -210,6 +218,7 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         "already_present": len(already),
         "batch": [int(start), int(stop)],
         "duplicates": duplicates,
+        "overlapped": len(overlapped),
     }
     if paths is not None:
         path = paths.submission(start, stop)

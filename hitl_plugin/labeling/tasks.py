@@ -238,6 +238,8 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
         "hitl_selected_as": sample.reason,
         "hitl_score": round(float(sample.score), 4),
         "hitl_kinds": ",".join(kinds),
+        # people who answer the task (Label Studio's per-task overlap is set to it too)
+        "hitl_annotators": int(sample.annotators),
     }
     if batch is not None:
         data["hitl_batch"] = batch

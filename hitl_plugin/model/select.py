@@ -53,6 +53,7 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from hitl_plugin.config import STRATEGIES, SelectionConfig
@@ -123,6 +124,7 @@ def select_samples(
     strategy: str | None = None,
     seed: int | None = None,
     auto_accept: AutoAcceptance | None = None,
+    exclude: Collection[int] = (),
 ) -> SelectionManifest:
     """Select the round's images from a scores file.
 
@@ -133,6 +135,8 @@ def select_samples(
     :param strategy: overrides ``selection.strategy``.
     :param seed: overrides ``selection.seed`` (audit draw, random strategy).
     :param auto_accept: the round's auto-accept threshold (None: off).
+    :param exclude: image ids never to select (the round's gold images: they go to people
+        as gold tasks).
     :return: the manifest (not yet written: the select step writes it).
     """
     strategy = strategy or selection.strategy
@@ -154,11 +158,14 @@ def select_samples(
 
     rows: list[_Row] = []
     verified = 0
+    excluded = set(exclude)
     for rec in read_scores(scores_path):
         if rec.image_id not in images:
             raise ValueError(f"{scores_path}: image id {rec.image_id} is not in version {version}")
         if images[rec.image_id].get("hitl_verified_round") is not None:
             verified += 1
+            continue
+        if rec.image_id in excluded:
             continue
         if rec.split == "train":
             classes = frozenset(label_classes.get(rec.image_id, ()))

@@ -50,6 +50,8 @@ class LabelsReadyTrigger(BaseTrigger):
     :param on_timeout: ``continue`` or ``fail`` below the required share at the deadline.
     :param poke_interval: seconds between polls.
     :param max_backoff: longest sleep after consecutive errors.
+    :param annotators: the most people a task of the round needs (``labeling.annotators_per_task``
+        with overlap; 1 otherwise, and for triggers serialized before it existed).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class LabelsReadyTrigger(BaseTrigger):
         on_timeout: OnTimeout = "fail",
         poke_interval: float = 30.0,
         max_backoff: float = 300.0,
+        annotators: int = 1,
         **kwargs: Any,
     ) -> None:
         # Extra kwargs: tolerate arguments that older serialized triggers still carry.
@@ -81,6 +84,7 @@ class LabelsReadyTrigger(BaseTrigger):
         self.on_timeout = on_timeout
         self.poke_interval = float(poke_interval)
         self.max_backoff = float(max_backoff)
+        self.annotators = int(annotators)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -97,6 +101,7 @@ class LabelsReadyTrigger(BaseTrigger):
                 "on_timeout": self.on_timeout,
                 "poke_interval": self.poke_interval,
                 "max_backoff": self.max_backoff,
+                "annotators": self.annotators,
             },
         )
 
@@ -136,7 +141,7 @@ class LabelsReadyTrigger(BaseTrigger):
                         return
                 try:
                     counts = await round_counts(client, self.project_id, self.dag_id,
-                                                self.run_id)
+                                                self.run_id, self.annotators)
                     errors = 0
                     event = self._check_counts(counts)
                     if event is None:

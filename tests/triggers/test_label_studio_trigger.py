@@ -26,7 +26,7 @@ def test_serialize_exact_and_rebuild():
         "label_studio_conn_id": "ls", "project_id": 7, "dag_id": "d", "run_id": "manual__x",
         "deadline": "2031-05-06T07:08:09+00:00", "expected": 12, "completion": "fraction",
         "min_fraction": 0.75, "on_timeout": "continue", "poke_interval": 5.0,
-        "max_backoff": 300.0,
+        "max_backoff": 300.0, "annotators": 1,
     }
     assert json.loads(json.dumps(kwargs)) == kwargs  # JSON only
     again = LabelsReadyTrigger(**json.loads(json.dumps(kwargs)))
