@@ -89,10 +89,35 @@ def create_app(root: Path | None = None):
                 row = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
                 parts.append(f"<tr>{row}<td><a href='{html.escape(link)}'>plot</a></td></tr>")
             parts.append("</table>")
+            parts.extend(_people_table(read_reports(Layout.at(_root()), dag_id)))
         parts.append("</body></html>")
         return "".join(parts)
 
     return app
+
+
+def _people_table(reports: list[dict]) -> list[str]:
+    """The per-person table (``annotators``) of the pipeline's latest round that has one."""
+    latest = next((r for r in reversed(reports) if r.get("annotators")), None)
+    if latest is None:
+        return []
+    out = [f"<h3>People in round {html.escape(str(latest.get('run_id', '')))}</h3>"
+           "<table border=1 cellpadding=4><tr><th>person</th><th>tasks</th>"
+           "<th>gold boxes</th><th>accuracy</th><th>95% interval</th><th>precision</th>"
+           "<th>agreement</th><th>median s/task</th><th>flagged</th></tr>"]
+    for row in latest["annotators"]:
+        if not isinstance(row, dict):
+            continue
+        ci = row.get("accuracy_ci95")
+        interval = f"{ci[0]:.2f}-{ci[1]:.2f}" if isinstance(ci, list) and len(ci) == 2 else ""
+        cells = [row.get("annotator"), row.get("tasks"), row.get("gold_boxes"),
+                 row.get("accuracy"), interval, row.get("precision"), row.get("agreement"),
+                 row.get("median_seconds"),
+                 "yes: answers outside consensus held" if row.get("flagged") else "no"]
+        out.append("<tr>" + "".join(f"<td>{html.escape(str('' if c is None else c))}</td>"
+                                    for c in cells) + "</tr>")
+    out.append("</table>")
+    return out
 
 
 class HitlPlugin(AirflowPlugin):

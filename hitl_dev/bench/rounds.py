@@ -41,7 +41,6 @@ mAP50-95 against images sent to people and against human boxes drawn or edited (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -50,7 +49,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -58,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hitl_dev.bench import stdout_to_stderr
 
 log = logging.getLogger(__name__)
 
@@ -789,20 +789,6 @@ def _truth_source(data: Path, out: Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """Everything written to fd 1 (Ultralytics' and tqdm's prints) goes to stderr."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
 def main(argv: list[str], prog: str = "hitl bench rounds") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
@@ -849,7 +835,7 @@ def main(argv: list[str], prog: str = "hitl bench rounds") -> int:
             args.out.write_text(json.dumps(partial, indent=1) + "\n")
 
     try:
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             result = run(scenario, seeds, work, weights=weights, threads=args.threads,
                          device=args.device, strategies=strategies, on_progress=progress)
             result["work"] = str(work) if keep else None

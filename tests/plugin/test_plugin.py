@@ -17,6 +17,12 @@ def root(tmp_path):
         "corrections": {"labeled": 11, "confirmed": 4, "edited": 7, "empty": 1},
         "map50_95_before": 0.41, "map50_95_after": 0.47, "new_version": "v0002",
         "finished": "2026-01-01T00:00:00+00:00",
+        "annotators": [{"annotator": "ana@people.local", "tasks": 9, "gold_boxes": 120,
+                        "accuracy": 0.95, "accuracy_ci95": [0.9, 0.98], "precision": 0.97,
+                        "agreement": 0.93, "median_seconds": 8.5, "flagged": False},
+                       {"annotator": "<cid>", "tasks": 8, "gold_boxes": 110,
+                        "accuracy": 0.61, "accuracy_ci95": [0.52, 0.7], "precision": 0.66,
+                        "agreement": 0.7, "median_seconds": 9.0, "flagged": True}],
     }))
     (rounds / "report.png").write_bytes(b"\x89PNG fake")
     DatasetStore(tmp_path, "shapes").publish(
@@ -49,6 +55,10 @@ def test_routes_with_a_user(root):
     assert "manual__1" in page and "0.47" in page and "plot/hitl_shapes/manual__1.png" in page
     assert "<th>confirmed</th><th>edited</th><th>empty</th>" in page
     assert "<td>4</td><td>7</td><td>1</td>" in page
+    # the per-person table of the round, escaped
+    assert "People in round manual__1" in page
+    assert "<td>ana@people.local</td><td>9</td><td>120</td><td>0.95</td><td>0.90-0.98</td>" in page
+    assert "<td>&lt;cid&gt;</td>" in page and "yes: answers outside consensus held" in page
     assert client.get("/plot/hitl_shapes/manual__1.png").content == b"\x89PNG fake"
     assert client.get("/plot/hitl_shapes/..%2F..%2Fetc.png").status_code == 404
 
