@@ -628,6 +628,11 @@ def plan_answer(image: dict, start: list[dict], truth_boxes: list[dict],
     return out_regions, out_boxes, mistakes, actions
 
 
+#: One account set-up at a time: Label Studio on SQLite dropped one of four sign-ups made at
+#: the same moment (the person's token request then failed).
+_ACCOUNTS = threading.Lock()
+
+
 def person_token(url: str, admin_token: str, email: str,
                  password: str = PERSON_PASSWORD) -> str:
     """The API token of a SIMULATED person's own Label Studio account, made as an
@@ -637,22 +642,33 @@ def person_token(url: str, admin_token: str, email: str,
 
     url = url.rstrip("/")
     admin = {"Authorization": f"Token {admin_token}"}
-    with requests.Session() as web:
+
+    def token(web: requests.Session) -> str | None:
+        answer = web.get(f"{url}/api/current-user/token", timeout=60)
+        return str(answer.json()["token"]) if answer.status_code == 200 else None
+
+    with _ACCOUNTS, requests.Session() as web:
         invite = web.get(f"{url}/api/invite", headers=admin, timeout=60)
         if invite.status_code >= 400:
             raise SimulatorError(f"reading the invite link: HTTP {invite.status_code}: "
                                  f"{invite.text[:300]}")
-        for page in (invite.json()["invite_url"], "/user/login/"):
-            form = web.get(f"{url}{page}", timeout=60)
-            found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
-            if not found:
-                raise SimulatorError(f"{page}: no sign-in form (HTTP {form.status_code})")
-            web.post(f"{url}{page}", data={"csrfmiddlewaretoken": found.group(1),
-                                           "email": email, "password": password},
-                     headers={"Referer": f"{url}{page}"}, allow_redirects=False, timeout=60)
-            answer = web.get(f"{url}/api/current-user/token", timeout=60)
-            if answer.status_code == 200:
-                return str(answer.json()["token"])
+        for attempt in range(3):
+            for page in (invite.json()["invite_url"], "/user/login/"):
+                found = token(web)
+                if found:
+                    return found
+                form = web.get(f"{url}{page}", timeout=60)
+                field = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+                if not field:
+                    continue
+                web.post(f"{url}{page}", data={"csrfmiddlewaretoken": field.group(1),
+                                               "email": email, "password": password},
+                         headers={"Referer": f"{url}{page}"}, allow_redirects=False,
+                         timeout=60)
+            found = token(web)
+            if found:
+                return found
+            time.sleep(0.5 * (attempt + 1))
     raise SimulatorError(f"could not sign up or log in SIMULATED person {email}")
 
 
