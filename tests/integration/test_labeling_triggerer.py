@@ -177,7 +177,16 @@ def test_the_wait_survives_a_killed_triggerer_and_a_label_studio_outage(label_st
         server.stop()
         time.sleep(5)
         stack.start_component("triggerer")  # back, while Label Studio is still down
-        time.sleep(15)  # its trigger polls a dead server, backing off
+
+        def trigger_logs() -> str:
+            return "\n".join(p.read_text(errors="replace") for p in (
+                stack.airflow_home / "logs").rglob("*.trigger.*log") if "task_id=wait" in str(p))
+
+        # its trigger polls the dead server, backing off (waited for, not slept: a loaded
+        # machine may take longer than 15 s to start a triggerer)
+        limit = time.monotonic() + 180
+        while "Polling Label Studio failed" not in trigger_logs() and time.monotonic() < limit:
+            time.sleep(1)
         assert wait_state() == "deferred"
         server.start(timeout=240)  # back after ~20 s down
 
@@ -197,8 +206,6 @@ def test_the_wait_survives_a_killed_triggerer_and_a_label_studio_outage(label_st
     assert json.loads(deadline_file.read_text())["deadline"] == deadline  # same deadline
     tasks = list(client.iter_tasks(project, (), fields="task_only"))
     assert len(tasks) == 4 and len({t["data"]["hitl_key"] for t in tasks}) == 4  # no dupes
-    trigger_logs = "\n".join(p.read_text(errors="replace") for p in (
-        stack.airflow_home / "logs").rglob("*.trigger.*log") if "task_id=wait" in str(p))
-    assert "Polling Label Studio failed" in trigger_logs  # it polled the dead server
+    assert "Polling Label Studio failed" in trigger_logs()  # it polled the dead server
     xcom = json.loads(Path(out).read_text())
     assert xcom["wait"]["complete"] and xcom["collect"]["labeled"] == 4

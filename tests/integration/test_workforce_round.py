@@ -4,13 +4,19 @@ table counts each person's tasks (real Label Studio, the product's own steps).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from hitl_dev.simulator import person_token, simulate_workforce
 from hitl_dev.synth import generate
 from hitl_plugin import steps
 from hitl_plugin.config import parse_config
-from hitl_plugin.labeling.client import LabelStudioClient, round_counts_sync
+from hitl_plugin.labeling.client import (
+    AsyncLabelStudioClient,
+    LabelStudioClient,
+    round_counts,
+    round_counts_sync,
+)
 from hitl_plugin.labeling.consensus import consensus
 from hitl_plugin.model.score import score_record
 from hitl_plugin.schemas import Corrections, SelectionManifest, read_model, write_json_atomic
@@ -88,9 +94,18 @@ def test_overlap_consensus_and_the_per_person_table(label_studio, tmp_path):
             "run_id": rnd.run_id}
 
     def done() -> int:
+        """The wait's count, as the sensor's first poke and the trigger both make it."""
         with LabelStudioClient(label_studio.url, label_studio.token) as client:
-            return round_counts_sync(client, plan["project_id"], plan["dag_id"],
-                                     plan["run_id"], 3)["completed"]
+            counts = round_counts_sync(client, plan["project_id"], plan["dag_id"],
+                                       plan["run_id"], 3)
+
+        async def in_the_triggerer() -> dict:
+            async with AsyncLabelStudioClient(label_studio.url, label_studio.token) as client:
+                return await round_counts(client, plan["project_id"], plan["dag_id"],
+                                          plan["run_id"], 3)
+
+        assert asyncio.run(in_the_triggerer()) == counts
+        return counts["completed"]
 
     def answer_as(token: str, image_id: int) -> None:
         task = label_studio.api("GET", f"/api/tasks/{tasks[image_id]}/")
