@@ -64,21 +64,10 @@ def compare(old: Sequence[dict], new: Sequence[dict]) -> dict:
         ``class_swap``: a matched box whose class changed; ``bad_box``: a matched box of the
         same class that moved by more than :data:`UNCHANGED_PX`; ``unchanged``: the rest.
     """
-    pairs = sorted(
-        ((iou(o["bbox"], n["bbox"]), i, j) for i, o in enumerate(old) for j, n in enumerate(new)),
-        reverse=True,
-    )
-    used_old: set[int] = set()
-    used_new: set[int] = set()
+    pairs = same_object_pairs(old, new, same_class=False)
     unchanged: dict[int, int] = {}
     counts = dict.fromkeys((*KINDS, "unchanged"), 0)
-    for overlap, i, j in pairs:
-        if overlap < MATCH_IOU:
-            break
-        if i in used_old or j in used_new:
-            continue
-        used_old.add(i)
-        used_new.add(j)
+    for i, j in pairs:
         o, n = old[i], new[j]
         if o["category_id"] != n["category_id"]:
             counts["class_swap"] += 1
@@ -89,8 +78,8 @@ def compare(old: Sequence[dict], new: Sequence[dict]) -> dict:
         else:
             counts["unchanged"] += 1
             unchanged[j] = i
-    counts["missing"] = len(new) - len(used_new)
-    counts["spurious"] = len(old) - len(used_old)
+    counts["missing"] = len(new) - len(pairs)
+    counts["spurious"] = len(old) - len(pairs)
     return {"counts": counts, "unchanged": unchanged}
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -21,3 +24,25 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def own_label_studio(data_dir: Path, document_root: Path) -> Iterator[Any]:
+    """A Label Studio of the benchmark's own on a free port, stopped however the process
+    ends: SIGTERM/SIGINT run the ``finally``, and a watchdog stops it even after a SIGKILL.
+    Yields the :class:`~hitl_dev.labelstudio.LabelStudioServer`."""
+    from hitl_dev.labelstudio import LabelStudioServer, exit_on_signals, free_port
+
+    server = LabelStudioServer(data_dir=data_dir, document_root=document_root,
+                               port=free_port())
+    exit_on_signals()
+    watchdog = server.stop_with_process()
+    try:
+        began = time.perf_counter()
+        server.start(timeout=300)
+        print(f"started Label Studio at {server.url} in {time.perf_counter() - began:.0f} s",
+              file=sys.stderr)
+        yield server
+    finally:
+        server.stop()
+        watchdog.kill()

@@ -17,6 +17,7 @@ Without ``--url`` it starts its own Label Studio on a free port in a temporary f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hitl_dev.bench import own_label_studio
 
 
 def synthetic_selection(n: int, *, dag_id: str, run_id: str):
@@ -143,38 +146,21 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench fanout") -> int:
     if args.n < 1 or args.batch_size < 1:
         parser.error("--n and --batch-size must be >= 1")
     work = Path(tempfile.mkdtemp(prefix="hitl-bench-fanout-"))
-    server = None
     try:
-        url, token = args.url, args.token
-        if not url:
-            from hitl_dev.labelstudio import LabelStudioServer, exit_on_signals, free_port
+        with contextlib.ExitStack() as stack:
+            url, token = args.url, args.token
+            if not url:
+                server = stack.enter_context(own_label_studio(work / "ls-data", work))
+                url, token, images = server.url, server.token, work / "images"
+            elif not token:
+                parser.error("--token (or HITL_LS_TOKEN) is required with --url")
+            else:
+                from hitl_plugin.config import storage_root
 
-            server = LabelStudioServer(data_dir=work / "ls-data", document_root=work,
-                                       port=free_port())
-            # stopped however this process ends: SIGTERM/SIGINT run the finally below, and
-            # the watchdog stops it even after a SIGKILL
-            exit_on_signals()
-            watchdog = server.stop_with_process()
-            began = time.perf_counter()
-            server.start(timeout=300)
-            print(f"started Label Studio at {server.url} in {time.perf_counter() - began:.0f} s",
-                  file=sys.stderr)
-            url, token = server.url, server.token
-        elif not token:
-            parser.error("--token (or HITL_LS_TOKEN) is required with --url")
-        if server is not None:
-            images = work / "images"
-        else:
-            from hitl_plugin.config import storage_root
-
-            images = args.images_root or storage_root() / "images"
-        result = run_bench(url, token, n=args.n, batch_size=args.batch_size, work=work,
-                           parallel=args.parallel,
-                           images=images)
+                images = args.images_root or storage_root() / "images"
+            result = run_bench(url, token, n=args.n, batch_size=args.batch_size, work=work,
+                               parallel=args.parallel, images=images)
     finally:
-        if server is not None:
-            server.stop()
-            watchdog.kill()
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
     return 0 if result["no_duplicates"] else 1

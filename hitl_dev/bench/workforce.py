@@ -27,6 +27,7 @@ stdout carries only the final JSON; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from hitl_dev.bench import stdout_to_stderr
+from hitl_dev.bench import own_label_studio, stdout_to_stderr
 
 log = logging.getLogger(__name__)
 
@@ -251,32 +252,22 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench workforce") -> i
     sizes = {k: getattr(args, k) for k in DEFAULTS}
     work = args.work or Path(tempfile.mkdtemp(prefix="hitl-bench-workforce-"))
     work.mkdir(parents=True, exist_ok=True)
-    server = watchdog = None
     began = time.monotonic()
     # Label Studio serves the images from the storage root (its local-files document root)
     storage = work if args.url else work / "storage"
+    (storage / "images").mkdir(parents=True, exist_ok=True)
     try:
-        url, token = args.url, args.token
-        if not url:
-            from hitl_dev.labelstudio import LabelStudioServer, exit_on_signals, free_port
-
-            server = LabelStudioServer(data_dir=work / "ls-data", document_root=storage,
-                                       port=free_port())
-            exit_on_signals()
-            watchdog = server.stop_with_process()
-            (storage / "images").mkdir(parents=True, exist_ok=True)
-            server.start(timeout=300)
-            log.info("started Label Studio at %s", server.url)
-            url, token = server.url, server.token
-        seeds = []
-        for seed in range(args.seed, args.seed + args.seeds):
-            log.info("seed %s ...", seed)
-            seeds.append(run_seed(url, token, seed, work, storage, sizes))
-            log.info("seed %s done in %s s", seed, seeds[-1]["seconds"])
+        with contextlib.ExitStack() as stack:
+            url, token = args.url, args.token
+            if not url:
+                server = stack.enter_context(own_label_studio(work / "ls-data", storage))
+                url, token = server.url, server.token
+            seeds = []
+            for seed in range(args.seed, args.seed + args.seeds):
+                log.info("seed %s ...", seed)
+                seeds.append(run_seed(url, token, seed, work, storage, sizes))
+                log.info("seed %s done in %s s", seed, seeds[-1]["seconds"])
     finally:
-        if server is not None:
-            server.stop()
-            watchdog.kill()
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     result = {

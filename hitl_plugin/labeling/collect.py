@@ -170,6 +170,14 @@ def _lead_time(annotation: dict) -> float | None:
     return float(value) if 0 <= value < 1e7 else None
 
 
+def _skipped(image_id: int, task_id: int | None, annotations: list[dict]) -> Correction:
+    """A task whose every annotation is cancelled: skipped, the labels kept."""
+    last = max(annotations, key=_order)
+    return Correction(image_id=image_id, status="skipped", task_id=task_id or 0,
+                      annotation_id=_as_int(last.get("id")), annotator=annotator_of(last),
+                      time=_when(last))
+
+
 def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
                        categories: dict[str, int],
                        empty_answer: str = "reject") -> Correction | Rejected | None:
@@ -189,10 +197,7 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
         return None
     done = [a for a in annotations if not a.get("was_cancelled")]
     if not done:
-        last = max(annotations, key=_order)
-        return Correction(image_id=image_id, status="skipped", task_id=task_id or 0,
-                          annotation_id=_as_int(last.get("id")), annotator=annotator_of(last),
-                          time=_when(last))
+        return _skipped(image_id, task_id, annotations)
     chosen = max(done, key=_order)
     others = [i for i in (_as_int(a.get("id")) for a in annotations if a is not chosen)
               if i is not None]
@@ -247,11 +252,7 @@ def task_answers(task: dict, *, dag_id: str, run_id: str, samples: dict,
                          f"later answer {a.get('id')}")
         latest[who] = a
     if not latest:
-        last = max(annotations, key=_order)
-        return task_id or 0, image_id, [], notes, Correction(
-            image_id=image_id, status="skipped", task_id=task_id or 0,
-            annotation_id=_as_int(last.get("id")), annotator=annotator_of(last),
-            time=_when(last))
+        return task_id or 0, image_id, [], notes, _skipped(image_id, task_id, annotations)
     answers = []
     for who in sorted(latest):
         a = latest[who]
