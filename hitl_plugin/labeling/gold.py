@@ -104,7 +104,7 @@ def gold_images(config: PipelineConfig, coco: dict) -> dict[int, GoldTruth]:
 
 
 def move_off(bbox: list[float], width: int, height: int,
-               rng: random.Random) -> list[float] | None:
+             rng: random.Random) -> list[float] | None:
     """The box moved by 45-60 % of its size so that its IoU with itself falls below 0.5."""
     x, y, w, h = bbox
     for _ in range(8):
