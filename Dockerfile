@@ -8,8 +8,8 @@ COPY pyproject.toml README.md ./
 COPY hitl_plugin hitl_plugin
 COPY operators operators
 COPY sensors sensors
-# celery 5.7 breaks apache-airflow-providers-celery 3.26 ("cannot import name 'retry'").
-RUN pip install --no-cache-dir . "apache-airflow-providers-celery==3.26.0" "celery==5.6.3" \
-    "psycopg2-binary==2.9.13" "redis==8.1.0"
+# The distributed extra: the Celery provider (celery 5.6, as 5.7 breaks it), psycopg2,
+# asyncpg and redis; the native distributed test installs the same.
+RUN pip install --no-cache-dir ".[distributed]"
 COPY dags /opt/airflow/dags
 ENV AIRFLOW_HOME=/opt/airflow HITL_HOME=/opt/hitl

@@ -16,10 +16,11 @@ setup: $(STAMP) $(LSSTAMP) debs
 
 # Debian packages the tests need, installed when missing (needs root: CI and these machines
 # are): chromium for the browser tests (Playwright drives it through executable_path, so no
-# browser is ever downloaded), docker-compose to validate docker-compose.yaml (no engine).
-DEBS := chromium docker-compose
+# browser is ever downloaded), docker-compose to validate docker-compose.yaml (no engine),
+# postgresql and redis-server for the native distributed round (run as our own processes).
+DEBS := chromium docker-compose postgresql redis-server
 debs:
-	@missing=$$(for d in $(DEBS); do command -v $$d >/dev/null || echo $$d; done); \
+	@missing=$$(for d in $(DEBS); do command -v $$d >/dev/null || dpkg -s $$d >/dev/null 2>&1 || echo $$d; done); \
 	if [ -n "$$missing" ]; then echo "[setup] installing Debian packages: $$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
 	  >/tmp/hitl-apt.log 2>&1 || { tail -20 /tmp/hitl-apt.log; exit 1; }; fi
@@ -28,7 +29,7 @@ debs:
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing airflow-hitl into $(VENV) (first time: a few minutes)"
-	$(VENV)/bin/pip install --quiet -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
+	$(VENV)/bin/pip install --quiet -e ".[dev,distributed]" 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 # Label Studio lives in its own venv: its SDK pins numpy, PyJWT and OpenCV versions that break ours.

@@ -136,6 +136,16 @@ class RoundPaths:
         return self.dir / f".ls-project-{safe_component(title)[:100]}.lock"
 
     @property
+    def workers(self) -> Path:
+        """Folder of the records of which worker ran each task try of the round."""
+        return self.dir / "workers"
+
+    def worker(self, task_id: str, map_index: int, try_number: int) -> Path:
+        """The record of one task try: its worker's hostname and queue."""
+        part = f"{safe_component(task_id)}.{int(map_index)}.{int(try_number)}"
+        return self.workers / f"{part}.json"
+
+    @property
     def corrections(self) -> Path:
         """The validated answers of people (collect step)."""
         return self.dir / "corrections.json"

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hitl_plugin.config import PipelineConfig
 from hitl_plugin.model.evaluate import confidence_histogram
-from hitl_plugin.paths import Layout, ModelPaths
+from hitl_plugin.paths import Layout, ModelPaths, RoundPaths
 from hitl_plugin.schemas import (
     REPORT_SCHEMA,
     Corrections,
@@ -194,6 +194,17 @@ def _opt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def read_workers(paths: RoundPaths) -> list[dict]:
+    """Which worker ran each task try of a round (``steps.record_worker``), oldest first."""
+    rows = []
+    for path in sorted(paths.workers.glob("*.json")):
+        try:
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return sorted(rows, key=lambda r: str(r.get("started", "")))
+
+
 def _fmt(value: float | None) -> str:
     return "n/a (no retrain this round)" if value is None else f"{value:.4f}"
 
@@ -268,6 +279,8 @@ def write_round_report(
             "held": dict(Counter(h.kind for h in corrections.held)),
             "flagged": [row.annotator for row in corrections.annotators if row.flagged],
         },
+        # which worker ran each task try of the round (hostname and queue)
+        "workers": read_workers(paths),
         "labels_confirmed": merge_report["counts"].get("labels_confirmed", 0),
         "fixed": merge_report.get("fixed_by_kind", {}),
         "pool_labeled": merge_report["counts"]["pool_labeled"],

@@ -109,6 +109,20 @@ class Round:
         return self.config.labeling.project_title or f"hitl-{self.dag_id}"
 
 
+def record_worker(rnd: Round, *, task_id: str, map_index: int | None, try_number: int | None,
+                  hostname: str, queue: str | None) -> None:
+    """Record which worker runs this task try (``workers/<task>.<map>.<try>.json``; the round
+    report lists them). Never fails the task: a record that cannot be written is logged."""
+    path = rnd.paths.worker(task_id, -1 if map_index is None else map_index, try_number or 0)
+    try:
+        write_json_atomic(path, {"task_id": task_id, "map_index": map_index,
+                                 "try_number": try_number, "hostname": hostname,
+                                 "queue": queue,
+                                 "started": datetime.now(timezone.utc).isoformat()})
+    except OSError as exc:
+        log.warning("Could not record the worker of %s: %s", task_id, exc)
+
+
 # -- prepare ------------------------------------------------------------------------------
 
 

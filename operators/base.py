@@ -30,6 +30,13 @@ def airflow_variable(key: str) -> str | None:
         return None
 
 
+def _hostname() -> str:
+    """The hostname Airflow records for this task (``[core] hostname_callable``)."""
+    from airflow.utils.net import get_hostname
+
+    return get_hostname()
+
+
 class HitlTaskMixin:
     """The templated ``config_path`` and the round of the current run.
 
@@ -50,10 +57,17 @@ class HitlTaskMixin:
     def round(self, context: Context) -> Round:
         """The current run's round: config loaded, storage root found (config, Variable
         ``hitl_storage_root``, ``HITL_HOME``)."""
-        from hitl_plugin.steps import Round
+        from hitl_plugin.steps import Round, record_worker
 
-        return Round.open(self.config_path, dag_id=context["dag"].dag_id,
-                          run_id=context["run_id"], variables=airflow_variable)
+        rnd = Round.open(self.config_path, dag_id=context["dag"].dag_id,
+                         run_id=context["run_id"], variables=airflow_variable)
+        ti = context.get("ti")
+        task_id = getattr(ti, "task_id", None)
+        if task_id is not None:  # which worker runs this try: the round report lists them
+            record_worker(rnd, task_id=task_id, map_index=getattr(ti, "map_index", -1),
+                          try_number=getattr(ti, "try_number", 0), hostname=_hostname(),
+                          queue=getattr(getattr(ti, "task", None), "queue", None))
+        return rnd
 
     @staticmethod
     def label_studio(conn_id: str, **kwargs: Any) -> LabelStudioClient:
