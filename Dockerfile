@@ -8,8 +8,10 @@ COPY pyproject.toml README.md ./
 COPY hitl_plugin hitl_plugin
 COPY operators operators
 COPY sensors sensors
+# the `hitl` command (its init service seeds the example data with `hitl synth`)
+COPY hitl_dev hitl_dev
 # The distributed extra: the Celery provider (celery 5.6, as 5.7 breaks it), psycopg2,
 # asyncpg and redis; the native distributed test installs the same.
 RUN pip install --no-cache-dir ".[distributed]"
-COPY dags /opt/airflow/dags
+# DAG files and their configs are mounted by docker-compose.yaml (./dags), not baked in.
 ENV AIRFLOW_HOME=/opt/airflow HITL_HOME=/opt/hitl

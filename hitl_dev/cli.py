@@ -41,6 +41,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "hitl_dev.bench.rounds",
         "R rounds of the loop per strategy and seed: active learning, label correction.",
     ),
+    "waits": (
+        "hitl_dev.bench.waits",
+        "N labeling waits at once on the CeleryExecutor: slots, triggerer, requests.",
+    ),
     "workforce": (
         "hitl_dev.bench.workforce",
         "SIMULATED people of known accuracy: gold scoring, consensus, the weak one flagged.",

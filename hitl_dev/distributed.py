@@ -7,9 +7,9 @@ CeleryExecutor (:class:`hitl_dev.stack.AirflowStack`, the same DAGs and configs 
 embedded mode); and Celery workers with distinct hostnames, by default one on the
 ``default`` queue and two on ``gpu``.
 
-Each worker reports its own name as the hostname of the tasks it runs
-(``[core] hostname_callable`` = :func:`worker_hostname`), as containers of the compose file
-do with theirs, so that a round records which worker ran each task.
+Each worker reports its own name as the hostname of the tasks it runs (``[core]
+hostname_callable`` = :func:`hitl_plugin.hostname.hostname`, as in the compose file), so
+that a round records which worker ran each task.
 
 PostgreSQL refuses to run as root: as root, its commands run as the ``postgres`` user.
 """
@@ -26,20 +26,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hitl_dev.stack import PROJECT_DIR, AirflowStack, StackError, _tail, stop_pid_file
+from hitl_dev.labelstudio import pid_alive
+from hitl_dev.stack import PROJECT_DIR, AirflowStack, StackError, _tail
 
 log = logging.getLogger(__name__)
 
 #: worker name -> Celery queue (what the native test and the compose file run)
 WORKERS = {"worker-default": "default", "worker-gpu-1": "gpu", "worker-gpu-2": "gpu"}
-
-
-def worker_hostname() -> str:
-    """The hostname a task records: the worker's name (``HITL_WORKER_HOSTNAME``), else the
-    machine's."""
-    from airflow.utils.net import getfqdn
-
-    return os.environ.get("HITL_WORKER_HOSTNAME") or getfqdn()
 
 
 def _binary(name: str) -> str:
@@ -108,7 +101,7 @@ class DistributedStack:
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self.database_url}",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "hitl_dev.distributed.worker_hostname",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "hitl_plugin.hostname.hostname",
             "AIRFLOW__CORE__PARALLELISM": "16",
             "HITL_HOME": str(self.storage),
             **self.extra_env,
@@ -193,12 +186,15 @@ class DistributedStack:
         if waiting:
             raise StackError(f"workers not ready after {timeout:.0f} s: {sorted(waiting)}")
 
-    def kill_worker(self, name: str) -> list[int]:
+    def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> list[int]:
         """SIGKILL a worker and every process under it, as a lost machine: its pool and its
         task processes, which Airflow runs in sessions of their own (so the worker's process
-        group is not enough; and ``setproctitle`` hides their environment, so they are
-        found by their parents)."""
-        root = int((self.airflow().run_dir / f"{name}.pid").read_text())
+        group is not enough; and ``setproctitle`` hides their environment and command line,
+        so they are found by their parents)."""
+        try:
+            root = int((self.airflow().run_dir / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return []
         children: dict[int, list[int]] = {}
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
@@ -215,10 +211,10 @@ class DistributedStack:
             todo.extend(children.get(pid, []))
         for pid in tree:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 continue
-        log.info("killed worker %s: processes %s", name, tree)
+        log.info("signalled worker %s (%s): processes %s", name, signal.Signals(sig).name, tree)
         return tree
 
     # -- all of it ------------------------------------------------------------------------
@@ -237,8 +233,13 @@ class DistributedStack:
 
     def stop(self) -> None:
         stack = self.airflow()
-        for name in self.workers:
-            stop_pid_file(stack.run_dir / f"{name}.pid")
+        for name in self.workers:  # warm shutdown, then whatever is left
+            pids = self.kill_worker(name, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+                time.sleep(0.2)
+            self.kill_worker(name)
+            (stack.run_dir / f"{name}.pid").unlink(missing_ok=True)
         stack.stop()
         pid_file = self.base / "redis" / "redis.pid"
         if pid_file.exists():

@@ -326,9 +326,14 @@ class AirflowApi:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
-        return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")[
-            "task_instances"
-        ]
+        """Every task instance of the run, all pages (the API serves 100 at most per page)."""
+        found: list[dict] = []
+        while True:
+            page = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+                              f"?limit=100&offset={len(found)}")
+            found += page["task_instances"]
+            if not page["task_instances"] or len(found) >= page.get("total_entries", 0):
+                return found
 
     def task_durations(self, dag_id: str, run_id: str) -> dict:
         """Each task instance's duration (seconds, Airflow's own record), and the round's
