@@ -44,6 +44,25 @@ def _binary(name: str) -> str:
     return found
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process under it, found by parent pid (``/proc/<pid>/stat``)."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
 def _run(args: list[str]) -> None:
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
@@ -195,20 +214,7 @@ class DistributedStack:
             root = int((self.airflow().run_dir / f"{name}.pid").read_text())
         except (OSError, ValueError):
             return []
-        children: dict[int, list[int]] = {}
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(proc.name))
-        tree, todo = [], [root]
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo.extend(children.get(pid, []))
+        tree = process_tree(root)
         for pid in tree:
             try:
                 os.kill(pid, sig)

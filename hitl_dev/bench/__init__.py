@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -46,3 +47,11 @@ def own_label_studio(data_dir: Path, document_root: Path) -> Iterator[Any]:
     finally:
         server.stop()
         watchdog.kill()
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print a benchmark's final JSON (the only thing on stdout); also write it to ``out``."""
+    text = json.dumps(result, indent=1)
+    if out is not None:
+        out.write_text(text + "\n")
+    print(text)

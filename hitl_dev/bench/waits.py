@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import requests
 
-from hitl_dev.bench import own_label_studio
+from hitl_dev.bench import emit, own_label_studio
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +103,13 @@ class CountingProxy:
         self.server.shutdown()
 
 
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(proc.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def _cpu_and_rss(root: int) -> tuple[float, float]:
     """CPU seconds (user + system) and RSS MiB of a process tree."""
     tick = os.sysconf("SC_CLK_TCK")
     cpu = rss = 0.0
-    for pid in _tree(root):
+    from hitl_dev.distributed import process_tree
+
+    for pid in process_tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             cpu += (int(fields[11]) + int(fields[12])) / tick
@@ -256,10 +240,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench waits") -> int:
     result = {"benchmark": "waits", "command": "hitl bench waits " + " ".join(
         argv if argv is not None else sys.argv[3:]), "seconds": round(time.monotonic() - began),
         **result}
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
     return 0
 
 

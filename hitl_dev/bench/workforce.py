@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from hitl_dev.bench import own_label_studio, stdout_to_stderr
+from hitl_dev.bench import emit, own_label_studio, stdout_to_stderr
 
 log = logging.getLogger(__name__)
 
@@ -278,10 +278,7 @@ def main(argv: list[str] | None = None, prog: str = "hitl bench workforce") -> i
         "settings": sizes, "seconds": round(time.monotonic() - began, 1),
         "summary": summarise(seeds), "seeds": seeds,
     }
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
     return 0
 
 
