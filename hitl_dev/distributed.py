@@ -36,8 +36,11 @@ WORKERS = {"worker-default": "default", "worker-gpu-1": "gpu", "worker-gpu-2": "
 
 
 def _binary(name: str) -> str:
-    found = shutil.which(name) or next(
-        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    """A PostgreSQL tool from Debian's versioned folder (newest version; not the wrappers in
+    /usr/bin, which want a cluster of Debian's), else from the PATH (redis)."""
+    versioned = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                       key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    found = str(versioned[-1]) if versioned else shutil.which(name)
     if not found:
         raise StackError(f"{name} is not installed (make setup installs postgresql and "
                          "redis-server)")
