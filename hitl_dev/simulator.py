@@ -240,6 +240,25 @@ def plan_review(image: dict, start: list[dict], truth_boxes: list[dict],
     return regions, boxes, mistakes, actions
 
 
+def shown_view(task: dict, model_version: str | None) -> tuple[list[dict], list[dict]]:
+    """What the labeling view shows of a task: the whole prediction with the project's
+    model version, and its editable boxes (the starting annotation)."""
+    shown = next((p.get("result") or [] for p in task.get("predictions") or []
+                  if p.get("model_version") == model_version), [])
+    start = [r for r in shown if r.get("from_name", EDITABLE) == EDITABLE
+             and r.get("type") == "rectanglelabels"]
+    return shown, start
+
+
+def read_only_regions(shown: list[dict], regions: list[dict]) -> list[dict]:
+    """What the view posts beside the edited boxes: the model's read-only boxes, and the
+    suspicion texts of the boxes still there (a deleted label's text goes with it)."""
+    kept_ids = {r.get("id") for r in regions}
+    return [r for r in shown if r.get("from_name", EDITABLE) != EDITABLE
+            and (r.get("type") != "textarea" or r.get("id") in kept_ids
+                 or not str(r.get("id", "")).startswith("l"))]
+
+
 class _Client:
     """The few Label Studio calls the simulated annotators make (plain HTTP)."""
 
@@ -402,10 +421,7 @@ def simulate(
         skipped = rng.random() < skip_rate
         image = images[image_id]
         # what the labeling view shows: the prediction with the project's model version
-        shown = next((p.get("result") or [] for p in client.task(task_id).get("predictions")
-                      or [] if p.get("model_version") == state["model_version"]), [])
-        start = [r for r in shown if r.get("from_name", EDITABLE) == EDITABLE
-                 and r.get("type") == "rectanglelabels"]
+        shown, start = shown_view(client.task(task_id), state["model_version"])
         actions: Counter = Counter()
         if skipped:
             regions, boxes, mistakes = [], [], []
@@ -426,11 +442,7 @@ def simulate(
             return
         # the view posts the whole annotation: the read-only model boxes and the texts of
         # the boxes still there come along
-        kept_ids = {r.get("id") for r in regions}
-        others = [] if behaviour == "truth" or skipped else [
-            r for r in shown if r.get("from_name", EDITABLE) != EDITABLE
-            and (r.get("type") != "textarea" or r.get("id") in kept_ids
-                 or not str(r.get("id", "")).startswith("l"))]
+        others = [] if behaviour == "truth" or skipped else read_only_regions(shown, regions)
         result = regions + others
         try:
             created = client.annotate(task_id, result, cancelled=skipped, lead_time=delay)
@@ -736,10 +748,7 @@ def simulate_workforce(url: str, admin_token: str, project: int, truth: dict,
                 client.annotate(task_id, [], cancelled=True, lead_time=0.0)
                 continue
             image = images[image_id]
-            shown = next((p.get("result") or [] for p in task.get("predictions") or []
-                          if p.get("model_version") == model_version), [])
-            start = [r for r in shown if r.get("from_name", EDITABLE) == EDITABLE
-                     and r.get("type") == "rectanglelabels"]
+            shown, start = shown_view(task, model_version)
             latency = float(person.get("latency", 0.0))
             delay = latency * rng.uniform(0.5, 1.5) if latency > 0 else rng.uniform(2, 20)
             skipped = rng.random() < float(person.get("skip_rate", 0.0))
@@ -750,11 +759,7 @@ def simulate_workforce(url: str, admin_token: str, project: int, truth: dict,
                     image, start, truth_boxes.get(image_id, []), categories, rng, accuracy)
             if latency > 0 and stop.wait(delay):
                 return
-            kept_ids = {r.get("id") for r in regions}
-            others = [] if skipped else [
-                r for r in shown if r.get("from_name", EDITABLE) != EDITABLE
-                and (r.get("type") != "textarea" or r.get("id") in kept_ids
-                     or not str(r.get("id", "")).startswith("l"))]
+            others = [] if skipped else read_only_regions(shown, regions)
             try:
                 # lead_time: the seconds this person took (simulated: drawn, not slept,
                 # unless a latency is set)

@@ -316,6 +316,16 @@ class AirflowApi:
         elif resp.status_code >= 400:
             raise StackError(f"connection {conn['connection_id']}: HTTP {resp.status_code}")
 
+    def start_round(self, dag_id: str, *, label_studio_url: str, token: str,
+                    conn_id: str = "label_studio_default") -> str:
+        """Point the Label Studio connection at a server, wait for the DAG to be parsed,
+        unpause it and trigger one run; return the run id."""
+        self.set_connection({"connection_id": conn_id, "conn_type": "label_studio",
+                             "host": label_studio_url, "password": token})
+        self.wait_for_dag(dag_id)
+        self.unpause(dag_id)
+        return self.trigger(dag_id)["dag_run_id"]
+
     def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> dict:
         body: dict = {"logical_date": None, "conf": conf or {}}
         if run_id:

@@ -446,6 +446,20 @@ def _objects_per_class(truth: dict[str, list[dict]], categories: list[dict]) -> 
     return counts
 
 
+def load_truth(out: str | os.PathLike[str]) -> dict:
+    """The true boxes of a generated folder's train and pool images, in one COCO dict: what
+    the SIMULATED annotators "see" (a folder without a pool gives the train truth)."""
+    ann = Path(out) / "annotations"
+    train = json.loads((ann / "train_truth.json").read_text())
+    images, anns = list(train["images"]), list(train["annotations"])
+    pool_file = ann / "pool_truth.json"
+    if pool_file.is_file():
+        pool = json.loads(pool_file.read_text())
+        images += pool["images"]
+        anns += pool["annotations"]
+    return {"categories": train["categories"], "images": images, "annotations": anns}
+
+
 # -- writing -------------------------------------------------------------------------------
 
 def _dump(path: Path, data: Any) -> None:

@@ -28,17 +28,6 @@ def _step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def _truth(source: Path) -> dict:
-    """Train and pool truth in one COCO dict: what the simulated annotators "see"."""
-    train = json.loads((source / "annotations" / "train_truth.json").read_text())
-    pool = json.loads((source / "annotations" / "pool_truth.json").read_text())
-    return {
-        "categories": train["categories"],
-        "images": train["images"] + pool["images"],
-        "annotations": train["annotations"] + pool["annotations"],
-    }
-
-
 def _wrong_images(coco: dict, truth: dict, iou_min: float = 0.75) -> set[int]:
     """Labeled images whose boxes differ from the truth (a box or class missing or extra, or
     a box off by IoU < iou_min): what the synthetic data lets us count exactly."""
@@ -157,6 +146,7 @@ def main() -> int:
 
     from hitl_dev.labelstudio import LabelStudioServer
     from hitl_dev.stack import AirflowApi, AirflowStack
+    from hitl_dev.synth import load_truth
     from hitl_plugin.config import load_config
 
     config = load_config(REPO / "dags" / "configs" / "shapes.yaml")
@@ -178,11 +168,8 @@ def main() -> int:
 
     _step("3/5 connection, unpause, trigger")
     api = AirflowApi(stack.url, "admin", stack.password())
-    api.set_connection({"connection_id": config.labeling.conn_id, "conn_type": "label_studio",
-                        "host": ls.url, "password": ls.token})
-    api.wait_for_dag(DAG_ID)
-    api.unpause(DAG_ID)
-    run_id = api.trigger(DAG_ID)["dag_run_id"]
+    run_id = api.start_round(DAG_ID, label_studio_url=ls.url, token=ls.token,
+                             conn_id=config.labeling.conn_id)
     print(f"    triggered {DAG_ID} run {run_id}")
 
     _step("4/5 the round runs; people label in Label Studio")
@@ -194,7 +181,8 @@ def main() -> int:
               "every task is done.")
     else:
         sim = threading.Thread(target=_annotators, args=(ls.url, ls.token, title,
-                                                         _truth(source), done), daemon=True)
+                                                         load_truth(source), done),
+                               daemon=True)
         sim.start()
 
     def progress(tis: list[dict]) -> None:
@@ -220,7 +208,7 @@ def main() -> int:
     rep = json.loads(Layout.at(home).round(DAG_ID, run_id).report.read_text())
     print(rep["text"])
     store = DatasetStore(home, config.dataset.name)
-    truth = _truth(source)
+    truth = load_truth(source)
     base = store.load(rep["base_version"])
     labeled = {i["id"] for i in base["images"] if i.get("hitl_split", "train") == "train"}
     before = _wrong_images(base, truth)

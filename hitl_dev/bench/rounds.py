@@ -260,7 +260,7 @@ def review(manifest, truth: dict, *, dag_id: str, run_id: str, seed: int,
         :class:`~hitl_plugin.schemas.Corrections`, and what the people did (Counter of the
         simulator's actions plus ``mistakes``).
     """
-    from hitl_dev.simulator import EDITABLE, _truth_index, plan_review
+    from hitl_dev.simulator import _truth_index, plan_review, shown_view
     from hitl_plugin.labeling.collect import task_to_correction
     from hitl_plugin.labeling.tasks import to_task
     from hitl_plugin.schemas import ROUND_FILE_SCHEMA, Corrections, Rejected
@@ -273,9 +273,7 @@ def review(manifest, truth: dict, *, dag_id: str, run_id: str, seed: int,
     for n, sample in enumerate(manifest.items, start=1):
         task = to_task(sample, dag_id=dag_id, run_id=run_id,
                        model_version=manifest.model_version, names=names)
-        shown = task["predictions"][0]["result"]
-        start = [r for r in shown if r.get("from_name") == EDITABLE
-                 and r.get("type") == "rectanglelabels"]
+        _, start = shown_view(task, manifest.model_version)
         rng = random.Random(f"{seed}:{run_id}:{sample.image_id}")
         regions, _, mistakes, done = plan_review(
             images[sample.image_id], start, truth_boxes.get(sample.image_id, []), categories,
@@ -498,17 +496,11 @@ def _export(root: Path, version: str, coco: dict) -> tuple[Path, Path]:
 
 
 def _truth(data: Path) -> dict:
-    ann = data / "annotations"
-    train = json.loads((ann / "train_truth.json").read_text())
-    images, anns = list(train["images"]), list(train["annotations"])
-    pool_file = ann / "pool_truth.json"
-    if pool_file.is_file():
-        pool = json.loads(pool_file.read_text())
-        images += pool["images"]
-        anns += pool["annotations"]
-    coco = {"images": images, "annotations": anns, "categories": train["categories"]}
+    from hitl_dev.synth import load_truth
+
+    coco = load_truth(data)
     by_image: dict[int, list[dict]] = {}
-    for a in anns:
+    for a in coco["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     return {"coco": coco, "by_image": by_image}
 

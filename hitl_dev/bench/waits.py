@@ -155,12 +155,7 @@ def run(n: int, poke: float, windows: int, work: Path) -> dict:
         stack_.callback(dist.stop)
         airflow = dist.airflow()
         api = AirflowApi(airflow.url, "admin", airflow.password())
-        api.set_connection({"connection_id": "label_studio_default",
-                            "conn_type": "label_studio", "host": proxy.url,
-                            "password": ls.token})
-        api.wait_for_dag(DAG_ID)
-        api.unpause(DAG_ID)
-        run_id = api.trigger(DAG_ID)["dag_run_id"]
+        run_id = api.start_round(DAG_ID, label_studio_url=proxy.url, token=ls.token)
         began = time.monotonic()
         deadline = began + 900
 

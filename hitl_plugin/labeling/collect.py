@@ -108,8 +108,9 @@ def started_from(sample: SelectedSample) -> list[dict]:
 
 
 def _checked_task(task: dict, *, dag_id: str, run_id: str,
-                  samples: dict) -> tuple[int | None, int, list[dict]] | Rejected:
-    """The task's id, OUR image id and its annotations, or why the task is not ours."""
+                  samples: dict) -> tuple[int | None, int, list[dict]] | Rejected | None:
+    """The task's id, OUR image id and its annotations; why the task is not ours; or None
+    when nobody answered it yet."""
     task_id = _as_int(task.get("id"))
     data = task.get("data") if isinstance(task.get("data"), dict) else {}
     image_id = _as_int(data.get("hitl_image_id"))
@@ -122,6 +123,8 @@ def _checked_task(task: dict, *, dag_id: str, run_id: str,
                         reason=f"hitl_key {str(data.get('hitl_key'))[:120]!r} does not match "
                         f"this round's key")
     annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+    if not annotations:
+        return None
     bad = [a.get("id") for a in annotations if _as_int(a.get("id")) is None]
     if bad:
         return Rejected(task_id=task_id, image_id=image_id,
@@ -190,11 +193,9 @@ def task_to_correction(task: dict, *, dag_id: str, run_id: str, samples: dict,
     :return: ``None`` when the task has no annotation yet.
     """
     checked = _checked_task(task, dag_id=dag_id, run_id=run_id, samples=samples)
-    if isinstance(checked, Rejected):
+    if checked is None or isinstance(checked, Rejected):
         return checked
     task_id, image_id, annotations = checked
-    if not annotations:
-        return None
     done = [a for a in annotations if not a.get("was_cancelled")]
     if not done:
         return _skipped(image_id, task_id, annotations)
@@ -237,11 +238,9 @@ def task_answers(task: dict, *, dag_id: str, run_id: str, samples: dict,
         every annotation was cancelled.
     """
     checked = _checked_task(task, dag_id=dag_id, run_id=run_id, samples=samples)
-    if isinstance(checked, Rejected):
+    if checked is None or isinstance(checked, Rejected):
         return checked
     task_id, image_id, annotations = checked
-    if not annotations:
-        return None
     sample = samples[image_id]
     latest: dict[str, dict] = {}
     notes: list[str] = []

@@ -18,7 +18,7 @@ import yaml
 from hitl_dev.labelstudio import free_port
 from hitl_dev.simulator import simulate
 from hitl_dev.stack import AirflowApi, AirflowStack
-from hitl_dev.synth import generate
+from hitl_dev.synth import generate, load_truth
 from hitl_plugin.dataset.store import DatasetStore
 from hitl_plugin.paths import Layout
 from hitl_plugin.schemas import Corrections, SelectionManifest
@@ -80,17 +80,10 @@ def round_run(label_studio, tmp_path_factory):
     stack.start()
     try:
         api = AirflowApi(stack.url, "admin", stack.password())
-        api.set_connection({"connection_id": "label_studio_default", "conn_type": "label_studio",
-                            "host": label_studio.url, "password": label_studio.token})
-        api.wait_for_dag(DAG_ID)
-        api.unpause(DAG_ID)
-        run_id = api.trigger(DAG_ID)["dag_run_id"]
+        run_id = api.start_round(DAG_ID, label_studio_url=label_studio.url,
+                                 token=label_studio.token)
 
-        truth_train = json.loads((source / "annotations" / "train_truth.json").read_text())
-        truth_pool = json.loads((source / "annotations" / "pool_truth.json").read_text())
-        truth = {"categories": truth_train["categories"],
-                 "images": truth_train["images"] + truth_pool["images"],
-                 "annotations": truth_train["annotations"] + truth_pool["annotations"]}
+        truth = load_truth(source)
         done, sims = threading.Event(), []
 
         def annotators():

@@ -81,12 +81,8 @@ def _round(label_studio, tmp_path, *, first_id: int, model_version: str, labelin
 def _trigger(stack, label_studio) -> tuple[AirflowApi, str]:
     """Give the started stack the Label Studio connection and trigger one run."""
     api = AirflowApi(stack.url, "admin", stack.password())
-    api.set_connection({"connection_id": "label_studio_default",
-                        "conn_type": "label_studio", "host": label_studio.url,
-                        "password": label_studio.token})
-    api.wait_for_dag(DAG_ID)
-    api.unpause(DAG_ID)
-    return api, api.trigger(DAG_ID)["dag_run_id"]
+    return api, api.start_round(DAG_ID, label_studio_url=label_studio.url,
+                                token=label_studio.token)
 
 
 def test_sensor_defers_to_the_real_triggerer_and_resumes(label_studio, tmp_path):

@@ -26,7 +26,7 @@ from hitl_dev.distributed import DistributedStack
 from hitl_dev.labelstudio import free_port
 from hitl_dev.simulator import simulate
 from hitl_dev.stack import AirflowApi
-from hitl_dev.synth import generate
+from hitl_dev.synth import generate, load_truth
 from hitl_plugin.labeling.client import LabelStudioClient
 from hitl_plugin.paths import Layout
 
@@ -77,11 +77,8 @@ def test_a_round_on_celery_workers_survives_a_lost_gpu_worker_and_triggerer(
     done = threading.Event()
     try:
         api = AirflowApi(airflow.url, "admin", airflow.password())
-        api.set_connection({"connection_id": "label_studio_default", "conn_type": "label_studio",
-                            "host": label_studio.url, "password": label_studio.token})
-        api.wait_for_dag(DAG_ID)
-        api.unpause(DAG_ID)
-        run_id = api.trigger(DAG_ID)["dag_run_id"]
+        run_id = api.start_round(DAG_ID, label_studio_url=label_studio.url,
+                                 token=label_studio.token)
         paths = layout.round(DAG_ID, run_id)
 
         # 1. the gpu worker that trains is lost after the first epoch's checkpoint
@@ -108,11 +105,7 @@ def test_a_round_on_celery_workers_survives_a_lost_gpu_worker_and_triggerer(
         os.killpg(int((airflow.run_dir / "triggerer.pid").read_text()), signal.SIGKILL)
         time.sleep(3)
         airflow.start_component("triggerer", airflow.env())
-        truth_train = json.loads((source / "annotations" / "train_truth.json").read_text())
-        truth_pool = json.loads((source / "annotations" / "pool_truth.json").read_text())
-        truth = {"categories": truth_train["categories"],
-                 "images": truth_train["images"] + truth_pool["images"],
-                 "annotations": truth_train["annotations"] + truth_pool["annotations"]}
+        truth = load_truth(source)
         project = LabelStudioClient(label_studio.url, label_studio.token).find_project(
             f"hitl-{DAG_ID}")["id"]
         simulate(label_studio.url, label_studio.token, project, truth, accuracy=0.9,
