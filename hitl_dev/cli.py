@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("hitl_dev.synth", "Generate a synthetic COCO dataset whose truth is known."),
     "dataset": ("hitl_plugin.dataset.cli", "Import, list and inspect dataset versions."),
+    "config": ("hitl_plugin.config", "Check pipeline config files; print their JSON Schema."),
     "base-checkpoint": (
         "hitl_dev.base_checkpoint",
         "Train the small base checkpoint shipped with the package.",

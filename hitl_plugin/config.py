@@ -382,6 +382,83 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     return parse_config(data, source=path)
 
 
+def check_configs(paths: list[str | os.PathLike[str]]) -> tuple[
+        dict[str, PipelineConfig], list[str]]:
+    """Validate pipeline files together, as the DAG file does.
+
+    :returns: ``(configs by dag_id, errors)``: each error is the text that Airflow shows as
+        the DAG file's import error (file, field path and reason); a ``dag_id`` used by an
+        earlier file is an error of the later one.
+    """
+    configs: dict[str, PipelineConfig] = {}
+    errors: list[str] = []
+    for path in paths:
+        try:
+            config = load_config(path)
+            if config.dag_id in configs:
+                raise ConfigError(f"{path}: dag_id {config.dag_id!r} is used by another config "
+                                  f"({configs[config.dag_id].config_path})")
+            configs[config.dag_id] = config
+        except ConfigError as exc:
+            errors.append(str(exc))
+    return configs, errors
+
+
+#: The JSON Schema of the pipeline files, shipped for editors (``# yaml-language-server:
+#: $schema=...`` at the top of a YAML file); ``hitl config schema`` writes it anew.
+SCHEMA_FILE = Path(__file__).parent / "assets" / "pipeline.schema.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a pipeline file, generated from :class:`PipelineConfig`.
+
+    ``config_path`` is the loader's, not the user's: it is left out. The cross-field rules
+    of the model validators (e.g. ``labeling.overlap`` needs ``annotators_per_task`` >= 2)
+    are not expressible here; ``hitl config check`` reports them.
+    """
+    schema = PipelineConfig.model_json_schema()
+    schema["properties"].pop("config_path", None)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "airflow-hitl pipeline config"
+    return schema
+
+
+def schema_text() -> str:
+    """:func:`json_schema` as the shipped file's text."""
+    import json
+
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None, prog: str = "hitl config") -> int:
+    """``hitl config check FILE...`` and ``hitl config schema [--out FILE]``."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=prog, description="Check pipeline config files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="Validate every file; print every error (file, field "
+                           "and reason, as Airflow shows them); exit 1 if any file is bad.")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    schema = sub.add_parser("schema", help="Print (or write) the JSON Schema for editors.")
+    schema.add_argument("--out", help="write it to this file instead of stdout")
+    args = parser.parse_args(argv)
+    if args.command == "schema":
+        if args.out:
+            Path(args.out).write_text(schema_text(), encoding="utf-8")
+        else:
+            sys.stdout.write(schema_text())
+        return 0
+    configs, errors = check_configs(args.files)
+    for config in configs.values():
+        print(f"ok: {config.config_path} (dag_id {config.dag_id})")
+    for error in errors:
+        print(error, file=sys.stderr)
+    bad = len(args.files) - len(configs)
+    print(f"{len(configs)} valid, {bad} invalid", file=sys.stderr if bad else sys.stdout)
+    return 1 if errors else 0
+
+
 #: The Airflow Variable that sets the storage root of every pipeline without ``storage.root``.
 STORAGE_ROOT_VARIABLE = "hitl_storage_root"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from hitl_plugin.assets_uri import dataset_asset
-from hitl_plugin.config import COMPLETIONS, STRATEGIES, PipelineConfig, load_config
+from hitl_plugin.config import COMPLETIONS, STRATEGIES, PipelineConfig, check_configs
 from hitl_plugin.exceptions import ConfigError
 from hitl_plugin.model.gate import approval_body
 
@@ -184,18 +184,17 @@ def build_dag(config: PipelineConfig) -> DAG:
 
 
 def build_dags(config_dir: str | Path) -> dict[str, DAG]:
-    """Build a DAG for every ``*.yaml`` in ``config_dir``; collect the errors of bad ones."""
+    """Build a DAG for every ``*.yaml`` in ``config_dir``; collect the errors of bad ones
+    (the same texts as ``hitl config check``: :func:`~hitl_plugin.config.check_configs`)."""
+    configs, errors = check_configs(sorted(Path(config_dir).glob("*.y*ml")))
     dags: dict[str, DAG] = {}
-    errors: list[str] = []
-    for path in sorted(Path(config_dir).glob("*.y*ml")):
+    for config in configs.values():
         try:
-            config = load_config(path)
-            if config.dag_id in dags:
-                raise ConfigError(f"{path}: dag_id {config.dag_id!r} is used by another config")
             dags[config.dag_id] = build_dag(config)
         except ConfigError as exc:
-            log.error("%s", exc)
             errors.append(str(exc))
+    for error in errors:
+        log.error("%s", error)
     if errors:
         dags["hitl_config_errors"] = ConfigErrorDag(errors)
     return dags
