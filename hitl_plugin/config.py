@@ -84,6 +84,15 @@ class TrainingConfig(_Section):
         default="auto", description="`auto` (GPU when present, else CPU), `cpu`, or a CUDA index."
     )
     threads: int = Field(default=2, ge=1, le=256, description="Torch CPU threads.")
+    amp: bool | None = Field(
+        default=None,
+        description="Mixed precision. Empty: on when training runs on a GPU, off on the CPU.",
+    )
+    workers: int | None = Field(
+        default=None, ge=0, le=64,
+        description="Dataloader worker processes on a GPU. Empty: from the machine (its CPUs "
+        "less one, at most 8). On the CPU the loader always runs in the training process.",
+    )
     seed: int = Field(default=0, description="Training seed.")
     plots: bool = Field(default=False, description="Let Ultralytics draw its own training plots.")
     queue: str | None = Field(

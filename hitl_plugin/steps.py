@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from hitl_plugin import package_version
 from hitl_plugin.config import COMPLETIONS, ON_TIMEOUT, PipelineConfig, load_config, storage_root
-from hitl_plugin.exceptions import ArgumentError, DatasetError, LabelsNotReadyError
+from hitl_plugin.exceptions import ArgumentError, ConfigError, DatasetError, LabelsNotReadyError
 from hitl_plugin.paths import Layout, RoundPaths
 from hitl_plugin.schemas import (
     Batch,
@@ -184,6 +184,43 @@ def base_weights(config: PipelineConfig) -> str | None:
     return str(yolo.resolve_weights(config.resolve(base)))
 
 
+def check_classes(rnd: Round, weights: str | None, source: str, names: list[str],
+                  version: str) -> bool:
+    """Whether the warm start detects the dataset's classes; True: its head is rebuilt.
+
+    A base checkpoint of other classes (a COCO-pretrained ``.pt``: 80 of them) is a warm
+    start for the backbone: Ultralytics builds a new head for the dataset's classes and
+    carries over the weights whose shapes match; that is a warning. The pipeline's own
+    promoted checkpoint detecting other classes means the dataset's classes changed under
+    it: an error, since warm-starting would silently drop what it learned per class.
+    """
+    from hitl_plugin.model import yolo
+    from hitl_plugin.model.gate import promoted
+
+    if weights is None:
+        return False
+    have = yolo.checkpoint_names(weights)
+    if have == names:
+        return False
+
+    def shown(classes: list[str]) -> str:
+        return ", ".join(classes[:8]) + (f", ... ({len(classes)} in all)"
+                                         if len(classes) > 8 else "")
+
+    if source == "promoted" and promoted(rnd.root, rnd.dag_id):
+        raise ConfigError(
+            f"the pipeline's promoted checkpoint {weights} detects {len(have)} classes "
+            f"({shown(have)}) but dataset {rnd.config.dataset.name!r} {version} has "
+            f"{len(names)} ({shown(names)}): the dataset's classes changed since the promotion. "
+            f"Give the changed dataset a new pipeline (another dag_id), or remove "
+            f"{rnd.layout.promoted_file(rnd.dag_id)} to start again from model.base_checkpoint")
+    log.warning("The base checkpoint %s detects %s classes (%s); dataset %r has %s (%s): the "
+                "detection head is rebuilt for the dataset's classes (the backbone's weights "
+                "carry over, the per-class ones do not)", weights, len(have), shown(have),
+                rnd.config.dataset.name, len(names), shown(names))
+    return True
+
+
 def train(rnd: Round, *, version: str | None = None, epochs: int | None = None,
           imgsz: int | None = None, name: str | None = None) -> TrainResult:
     """Train the round's model on a dataset version, then evaluate it on the held-out set.
@@ -200,6 +237,7 @@ def train(rnd: Round, *, version: str | None = None, epochs: int | None = None,
     :param name: a second training of the round (the retrain after the merge), in a
         sub-folder of the round's model folder.
     """
+    from hitl_plugin.dataset.coco import class_names
     from hitl_plugin.dataset.export import export_yolo, read_weights
     from hitl_plugin.model.evaluate import evaluate
     from hitl_plugin.model.train import train as train_model
@@ -218,13 +256,15 @@ def train(rnd: Round, *, version: str | None = None, epochs: int | None = None,
     else:
         weights, source = warm_start(rnd)
         write_json_atomic(model.warm_start, {"weights": weights, "source": source})
+    head_rebuilt = check_classes(rnd, weights, source, class_names(coco), version)
     epochs, imgsz = int(epochs or t.epochs), int(imgsz or t.imgsz)
     result = train_model(
         data_yaml, model.dir, architecture=config.model.architecture, weights=weights,
         epochs=epochs, imgsz=imgsz, batch=t.batch, device=t.device, threads=t.threads,
-        seed=t.seed, plots=t.plots, image_weights=image_weights,
+        seed=t.seed, plots=t.plots, image_weights=image_weights, amp=t.amp, workers=t.workers,
         metadata={
             "version": version, "weights_source": source, "data_yaml": str(data_yaml),
+            "head_rebuilt": head_rebuilt,
             "weighted_images": sum(1 for w in image_weights.values() if w != 1.0),
             "lineage": {"dataset": config.dataset.name, "version": version,
                         "config_sha256": config.digest(), "package_version": package_version(),
@@ -382,7 +422,8 @@ def submit(rnd: Round, client: LabelStudioClient, *, batch: Batch,
            model_version: str | None = None) -> SubmitResult:
     """Send one batch of the selection to Label Studio, idempotently.
 
-    Finds or creates the pipeline's project (classes, local-files storage, model version),
+    Finds or creates the pipeline's project (classes, local-files storage unless the
+    connection has an ``image_url_prefix``, model version),
     then imports the batch's samples that the project does not hold yet, with the model's
     boxes as pre-annotations, in one bulk import. The key of a task is
     ``(dag id, run id, image id)``; ``submissions/<start>-<stop>.json`` records the batch.
@@ -399,12 +440,14 @@ def submit(rnd: Round, client: LabelStudioClient, *, batch: Batch,
     class_names = [c.name for c in sorted(selection.categories, key=lambda c: c.id)]
     project = ensure_project_info(
         client, title=rnd.project_title, class_names=class_names,
-        images_root=rnd.layout.images, model_version=model_version, paths=rnd.paths)
+        images_root=rnd.layout.images, model_version=model_version, paths=rnd.paths,
+        image_url_prefix=client.image_url_prefix)
     result = submit_batch(
         client, project_id=project["id"], selection=selection, start=int(batch["start"]),
         stop=int(batch["stop"]), dag_id=rnd.dag_id, run_id=rnd.run_id,
         model_version=model_version, paths=rnd.paths,
-        sync_model_version=not project["model_version_ok"])
+        sync_model_version=not project["model_version_ok"],
+        image_url_prefix=client.image_url_prefix)
     log.info("Submitted %s new tasks (%s already present) to project %s",
              result["submitted"], result["already_present"], project["id"])
     return result  # type: ignore[return-value]

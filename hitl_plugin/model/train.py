@@ -2,8 +2,10 @@
 
 :func:`train` wraps ``ultralytics.YOLO(...).train`` with what a pipeline needs:
 
-- no network (:mod:`hitl_plugin.model.yolo`, the Ultralytics adapter), ``amp=False``,
-  absolute ``project``/``name``;
+- no network (:mod:`hitl_plugin.model.yolo`, the Ultralytics adapter), absolute
+  ``project``/``name``;
+- on a GPU: mixed precision (its check runs offline) and dataloader workers from the
+  machine; on the CPU: FP32, no worker processes, torch threads from the free cores;
 - one line per epoch in ``<out_dir>/epochs.jsonl`` (losses, validation metrics, checkpoint
   path, time) and a log line for the Airflow task log;
 - resume: an unfinished ``last.pt`` (optimizer state, ``epoch >= 0``) continues where it
@@ -147,6 +149,8 @@ def train(
     adapt_threads: bool = True,
     extra_args: dict | None = None,
     metadata: dict | None = None,
+    amp: bool | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Train (or resume, or return the finished result of) one training in ``out_dir``.
 
@@ -161,6 +165,9 @@ def train(
     :param threads: torch CPU threads (see :func:`choose_threads`; ``adapt_threads=False``
         uses exactly this many).
     :param metadata: more fields for the result and ``train_result.json`` (the lineage).
+    :param amp: mixed precision; None: on a GPU only.
+    :param workers: dataloader workers on a GPU; None: from the machine
+        (:func:`~hitl_plugin.model.yolo.loader_workers`).
     :return: ``{"schema_version", "checkpoint", "last", "model_dir", "epochs",
         "epochs_recorded", "resumed_from_epoch", "metrics", "seconds", "device", ...}``.
     """
@@ -172,6 +179,8 @@ def train(
     if device == "cpu":
         threads = choose_threads(threads, adapt=adapt_threads)
         yolo.set_threads(threads)
+    amp = device != "cpu" if amp is None else bool(amp)
+    workers = yolo.loader_workers(device, workers)
     weighted = bool(image_weights) and any(float(w) != 1.0 for w in image_weights.values())
     trainer_cls = yolo.make_trainer_class(
         (lambda files: sample_weights(files, image_weights)) if weighted else None,
@@ -207,7 +216,7 @@ def train(
             model.add_callback("on_fit_epoch_end", recorder)
             metrics = model.train(
                 resume=True, trainer=trainer_cls, data=str(data_yaml), device=device,
-                workers=0 if device == "cpu" else 2, plots=plots,
+                workers=workers, plots=plots,
             )
             return finish(state["epochs"], resumed_from, yolo.final_metrics(metrics))
         log.warning("discarding the unreadable training in %s and starting again", paths.run_dir)
@@ -219,11 +228,12 @@ def train(
     else:
         model = ultralytics.YOLO(_architecture_path(architecture))
     model.add_callback("on_fit_epoch_end", recorder)
-    log.info("training %s on %s: %s epochs at %s px, batch %s, device %s", weights or architecture,
-             data_yaml, epochs, imgsz, batch, device)
+    log.info("training %s on %s: %s epochs at %s px, batch %s, device %s, mixed precision "
+             "%s, %s dataloader worker(s)", weights or architecture, data_yaml, epochs, imgsz,
+             batch, device, "on" if amp else "off", workers)
     args = dict(
         data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device=device,
-        workers=0 if device == "cpu" else 2, seed=seed, plots=plots, amp=False,
+        workers=workers, seed=seed, plots=plots, amp=amp,
         project=str(paths.dir), name=paths.run_dir.name, exist_ok=True, verbose=False,
         val=True, pretrained=weights is not None,
     )

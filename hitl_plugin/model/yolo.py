@@ -14,8 +14,9 @@ listed in :data:`PRIVATE_API` so that a test fails as soon as an upgrade renames
    ``YOLO_CONFIG_DIR`` holds ``settings.json`` (sync, integrations and hints off) and the two
    fonts (matplotlib's bundled DejaVuSans under both names); when Ultralytics was imported
    before, its module flags are patched too. :func:`resolve_weights` refuses a ``.pt`` that
-   does not exist instead of letting Ultralytics download it; training always passes
-   ``amp=False`` (no AMP-check weights).
+   does not exist instead of letting Ultralytics download it; Ultralytics' AMP check (which
+   downloads ``yolo26n.pt`` on a GPU) is replaced by :func:`offline_amp_check` while the
+   trainer sets up.
 2. **Torch threads** (:func:`set_threads`): Ultralytics resets them when it picks a device.
 3. **The trainer** (:func:`make_trainer_class`): a ``DetectionTrainer`` subclass whose
    dataloader samples images with per-image weights, with the mosaic partner images drawn by
@@ -69,6 +70,7 @@ PRIVATE_API: tuple[tuple[str, str], ...] = (
     ("ultralytics.utils.nms", "non_max_suppression"),
     ("ultralytics.utils.ops", "convert_torch2numpy_batch"),
     ("ultralytics.models.yolo.detect", "DetectionValidator.eval_json"),
+    ("ultralytics.engine.trainer", "check_amp"),
 )
 
 #: Ultralytics' metric names -> ours.
@@ -236,6 +238,83 @@ def resolve_device(device: str = "auto") -> str:
     return "0" if torch.cuda.is_available() else "cpu"
 
 
+def machine_cpus() -> int:
+    """The CPUs this process may run on (a container's or a cgroup's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def loader_workers(device: str, workers: int | None = None) -> int:
+    """Dataloader worker processes: none on the CPU (the loader shares the training's cores;
+    Ultralytics forces 0 there too), else ``workers`` or the machine's CPUs less one (the
+    training process keeps one), at most 8 (Ultralytics' default)."""
+    if device in ("cpu", "mps"):
+        return 0
+    if workers is not None:
+        return workers
+    return max(1, min(8, machine_cpus() - 1))
+
+
+def offline_amp_check(model: Any) -> bool:
+    """Mixed precision works on the model's device: the stand-in for Ultralytics'
+    ``check_amp``, which downloads ``yolo26n.pt`` to compare its detections on a bus photo.
+
+    This one runs the model being trained on a small random batch in FP32 and under autocast
+    and asks for finite outputs close to the FP32 ones (mean absolute difference under 5 %
+    of the mean magnitude). Off the GPU it answers False, as Ultralytics' does.
+    """
+    import copy
+
+    import torch
+    from ultralytics.utils.torch_utils import autocast
+
+    device = next(model.parameters()).device
+    if device_type(device) != "cuda":
+        return False
+    name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else str(device)
+    probe = copy.deepcopy(model).eval()
+    im = torch.rand(2, 3, 64, 64, device=device)
+    with torch.no_grad():
+        a = _first_tensor(probe(im)).float()
+        with autocast(enabled=True, device=device_type(device)):
+            b = _first_tensor(probe(im)).float()
+    del probe
+    ok = bool(a.shape == b.shape and torch.isfinite(b).all()
+              and (a - b).abs().mean() <= 0.05 * a.abs().mean().clamp_min(1e-6))
+    log.info("AMP check on %s (offline, no download): %s", name,
+             "passed, training in mixed precision" if ok else
+             "FAILED (outputs not finite or far from FP32): training in FP32")
+    return ok
+
+
+def device_type(device: Any) -> str:
+    """``cuda``, ``cpu``, ... of a torch device (a seam the CUDA-faking test patches)."""
+    return device.type
+
+
+def _first_tensor(out: Any):
+    """The first tensor of a model's output (a tensor, or a tuple/list holding them)."""
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def checkpoint_names(path: str | os.PathLike[str]) -> list[str]:
+    """The class names a ``.pt`` detects, in class-index order."""
+    import torch
+
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    names = getattr(model, "names", None)
+    if names is None:
+        raise ValueError(f"{path}: not an Ultralytics detection checkpoint (no class names)")
+    if isinstance(names, dict):
+        return [str(names[i]) for i in sorted(names)]
+    return [str(n) for n in names]
+
+
 # -- threads, trainer, checkpoints ----------------------------------------------------
 
 
@@ -312,9 +391,17 @@ def make_trainer_class(
 
         # PRIVATE: the one hook that runs after select_device() and before the first epoch.
         def _setup_train(self):
+            from ultralytics.engine import trainer as engine
+
             if threads and self.device.type == "cpu":
                 set_threads(threads)
-            return super()._setup_train()
+            # PRIVATE: the trainer calls check_amp() by the name it imported; on a GPU that
+            # one downloads weights. Ours runs offline, for this setup only.
+            original, engine.check_amp = engine.check_amp, offline_amp_check
+            try:
+                return super()._setup_train()
+            finally:
+                engine.check_amp = original
 
         # PRIVATE: overridden to put a WeightedRandomSampler into Ultralytics' own loader
         # (build_dataset, InfiniteDataLoader, seed_worker, torch_distributed_zero_first).
@@ -338,7 +425,7 @@ def make_trainer_class(
                 log.info("weighted sampler over %s images (%s mosaic transforms weighted)",
                          len(weights), n)
             batch = min(batch_size, len(dataset))
-            nw = 0 if self.device.type in {"cpu", "mps"} else min(os.cpu_count() or 1,
+            nw = 0 if self.device.type in {"cpu", "mps"} else min(machine_cpus(),
                                                                   self.args.workers)
             return InfiniteDataLoader(
                 dataset=dataset,
