@@ -10,7 +10,7 @@ export HITL_HOME ?= $(CURDIR)/.hitl
 # `make demo HUMAN=1`: wait for a person to label in Label Studio instead of the simulator.
 export HUMAN
 
-.PHONY: setup debs demo test test-unit test-integration lint stop base-checkpoint clean
+.PHONY: setup lock check-airflow debs demo test test-unit test-integration lint stop base-checkpoint clean
 
 setup: $(STAMP) $(LSSTAMP) debs
 
@@ -25,11 +25,12 @@ debs:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
 	  >/tmp/hitl-apt.log 2>&1 || { tail -20 /tmp/hitl-apt.log; exit 1; }; fi
 
-# Reinstalls only when pyproject.toml changed; otherwise setup takes well under a second.
-$(STAMP): pyproject.toml
+# Reinstalls only when pyproject.toml or the lock file changed; otherwise setup takes well
+# under a second. constraints.txt pins every package (pyproject.toml has ranges).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing airflow-hitl into $(VENV) (first time: a few minutes)"
-	$(VENV)/bin/pip install --quiet -e ".[dev,distributed]" 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev,distributed]" 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
 # Label Studio lives in its own venv: its SDK pins numpy, PyJWT and OpenCV versions that break ours.
@@ -38,6 +39,18 @@ $(LSSTAMP):
 	@echo "[setup] installing Label Studio $(LS_VERSION) into $(LSVENV)"
 	$(LSVENV)/bin/pip install --quiet "label-studio==$(LS_VERSION)" 2>&1 | { grep -v "is ignored: it is neither" || true; }; test $${PIPESTATUS[0]} -eq 0
 	@touch $@
+
+# The lock file anew: the newest releases that pyproject.toml's ranges allow, in a fresh venv.
+lock:
+	rm -rf /tmp/hitl-lock-venv && $(PYTHON) -m venv /tmp/hitl-lock-venv
+	/tmp/hitl-lock-venv/bin/pip install --quiet ".[dev,distributed,bench]"
+	{ sed -n '1,3p' constraints.txt; /tmp/hitl-lock-venv/bin/pip freeze --exclude-editable \
+	  | grep -v '^airflow-hitl'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	rm -rf /tmp/hitl-lock-venv
+
+# The unit tests against another Airflow 3.x (default: the minor release before ours).
+check-airflow:
+	bash scripts/check_airflow_compat.sh $(AIRFLOW)
 
 demo: setup
 	$(VENV)/bin/python scripts/demo.py

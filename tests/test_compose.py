@@ -66,7 +66,7 @@ def test_compose_runs_as_written_and_in_step_with_the_native_test():
     assert "AIRFLOW_CONN_LABEL_STUDIO_DEFAULT" in services["scheduler"]["environment"]
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "COPY dags" not in dockerfile  # configs mounted, not baked in
-    assert 'pip install --no-cache-dir ".[distributed]"' in dockerfile
+    assert 'pip install --no-cache-dir -c constraints.txt ".[distributed]"' in dockerfile
 
 
 SECRETS = ("AIRFLOW_DB_PASSWORD", "AIRFLOW_JWT_SECRET", "LS_DB_PASSWORD",
