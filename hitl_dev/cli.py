@@ -15,7 +15,7 @@ import sys
 #: command -> (module, one-line help). ``bench`` takes a benchmark name next.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("hitl_dev.synth", "Generate a synthetic COCO dataset whose truth is known."),
-    "dataset": ("hitl_plugin.dataset.cli", "Import, list and inspect dataset versions."),
+    "dataset": ("hitl_plugin.dataset.cli", "Import, export, list and inspect dataset versions."),
     "config": ("hitl_plugin.config", "Check pipeline config files; print their JSON Schema."),
     "base-checkpoint": (
         "hitl_dev.base_checkpoint",

@@ -113,6 +113,7 @@ class SelectedSample(_Model):
 
     ``labels`` are the image's current labels when it was selected: a person reviewing a
     labeled image starts from them (a pool image starts from the model's ``predictions``).
+    Its crowd annotations are apart, in ``crowd``.
     """
 
     image_id: int
@@ -125,6 +126,8 @@ class SelectedSample(_Model):
     suspicions: list[Suspicion] = Field(default_factory=list)
     predictions: list[Prediction] = Field(default_factory=list)
     labels: list[LabelBox] = Field(default_factory=list)
+    #: the image's crowd regions (``iscrowd: 1``): shown read-only, never edited or merged
+    crowd: list[LabelBox] = Field(default_factory=list)
     #: people who answer this task (``labeling.annotators_per_task`` when overlapped, else 1)
     annotators: int = 1
 

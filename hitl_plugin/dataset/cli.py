@@ -1,5 +1,5 @@
-"""``hitl dataset``: import a COCO folder as a new dataset, list versions, show a manifest,
-revert to an earlier version."""
+"""``hitl dataset``: import a COCO or YOLO folder as a new dataset, export a version (COCO or
+YOLO, with provenance), list versions, show a manifest, revert to an earlier version."""
 
 from __future__ import annotations
 
@@ -16,10 +16,24 @@ def main(argv: list[str], prog: str = "hitl dataset") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--root", help="storage root (default: $HITL_HOME or ./.hitl)")
     sub = parser.add_subparsers(dest="action", required=True)
-    imp = sub.add_parser("import", help="create v0001 from DIR/images + DIR/annotations/*.json")
+    imp = sub.add_parser("import", help="create v0001 from a COCO folder (DIR/images + "
+                         "DIR/annotations/*.json) or a YOLO one (DIR/data.yaml)")
     imp.add_argument("name")
-    imp.add_argument("source", help="folder with images/ and annotations/{train,val,pool}.json")
+    imp.add_argument("source", help="folder with images/ and annotations/{train,val,pool}.json, "
+                     "or with a data.yaml (names, train, val, optional pool)")
     imp.add_argument("--copy", action="store_true", help="copy images instead of hard-linking")
+    exp = sub.add_parser("export", help="write a version out (COCO or YOLO, with "
+                         "provenance.json) for other tools; `import` reads it back")
+    exp.add_argument("name")
+    exp.add_argument("version", nargs="?", help="the version (default: LATEST)")
+    exp.add_argument("--format", required=True, choices=("coco", "yolo"), dest="fmt",
+                     help="coco: annotations/{train,val,pool}.json + images/; yolo: data.yaml "
+                     "+ images/<split>/ + labels/<split>/ (crowd regions left out)")
+    exp.add_argument("--out", required=True, help="the folder to write (absent or empty)")
+    exp.add_argument("--force", action="store_true",
+                     help="replace a non-empty --out (once the export is complete)")
+    exp.add_argument("--link", action="store_true",
+                     help="hard-link the images instead of copying them (for read-only tools)")
     lst = sub.add_parser("versions", help="list the versions of a dataset")
     lst.add_argument("name")
     show = sub.add_parser("show", help="print a version's manifest (LATEST by default)")
@@ -45,6 +59,13 @@ def main(argv: list[str], prog: str = "hitl dataset") -> int:
         if args.action == "import":
             version = store.import_source(args.source, link=not args.copy)
             print(json.dumps(store.manifest(version), indent=1))
+        elif args.action == "export":
+            from hitl_plugin.dataset.portable import export_version
+
+            done = export_version(store, args.version, fmt=args.fmt, out=args.out,
+                                  force=args.force, link=args.link)
+            done.pop("image_ids", None)  # in the provenance file; too long for a terminal
+            print(json.dumps(done, indent=1))
         elif args.action == "versions":
             latest = store.latest()
             for version in store.versions():

@@ -7,6 +7,11 @@ Our additions are extra keys that pycocotools ignores:
 - annotation ``source``: ``original``, ``model`` or ``human``; a human one also carries
   ``round`` (int), ``annotator`` (str) and ``time`` (ISO 8601);
 - top level ``hitl_history``: the boxes a correction replaced, so none is ever lost.
+
+COCO's own fields are kept as they are: ``info``, ``licenses``, every image field, and each
+annotation's ``segmentation``. An annotation with ``iscrowd: 1`` (one region around many
+objects) stays in the dataset but is no box to train on, to score or to edit (see the YOLO
+export, :mod:`hitl_plugin.model.score`, :mod:`hitl_plugin.labeling.tasks` and the merge).
 """
 
 from __future__ import annotations

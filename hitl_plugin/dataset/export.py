@@ -4,7 +4,9 @@ Images stay where they are stored once (``images/<name>/...``). The export folde
 ``images/<image id>.<ext>`` symlinks to them (Ultralytics finds a label file by replacing
 ``/images/`` with ``/labels/`` in the image path, so each version needs its own parallel
 tree), ``labels/<image id>.txt`` in YOLO format, ``train.txt``/``val.txt`` image lists and
-``data.yaml``. Naming files by COCO image id lets Ultralytics' ``predictions.json`` (which
+``data.yaml``. Crowd annotations (``iscrowd: 1``, a region of many objects) are not boxes to
+learn and are left out of the labels, as Ultralytics' own COCO converter does; they stay in
+the dataset. Naming files by COCO image id lets Ultralytics' ``predictions.json`` (which
 uses the file stem as ``image_id``) be evaluated against our COCO files directly.
 
 The box conversion is the one in ``ultralytics.data.converter.convert_coco`` (top-left
@@ -23,6 +25,10 @@ import yaml
 from hitl_plugin.dataset.coco import annotations_by_image, class_names
 from hitl_plugin.paths import ExportPaths, Layout
 from hitl_plugin.schemas import write_json_atomic
+
+#: Recorded in ``.complete.json``: an export without it (written before crowd annotations
+#: were left out of the labels) is written again.
+LABELS_RULE = "no-crowd"
 
 
 def yolo_line(bbox: list[float], width: float, height: float, cls: int) -> str | None:
@@ -53,7 +59,8 @@ def _write_split(
         lines = [
             line
             for ann in grouped.get(img["id"], [])
-            if (line := yolo_line(ann["bbox"], img["width"], img["height"],
+            if not ann.get("iscrowd")
+            and (line := yolo_line(ann["bbox"], img["width"], img["height"],
                                   class_index[ann["category_id"]]))
         ]
         (labels_dir / f"{img['id']}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
@@ -85,7 +92,12 @@ def export_yolo(
     out = paths.dir
     data_yaml = paths.data_yaml
     if paths.done.is_file() and data_yaml.is_file():
-        return data_yaml
+        try:
+            rule = json.loads(paths.done.read_text(encoding="utf-8")).get("labels")
+        except (ValueError, AttributeError):
+            rule = None
+        if rule == LABELS_RULE:
+            return data_yaml
     names = class_names(coco)
     class_index = {
         c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))
@@ -102,7 +114,8 @@ def export_yolo(
         "names": dict(enumerate(names)),
     }
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
-    paths.done.write_text(json.dumps({"dataset": name, "version": version}))
+    paths.done.write_text(json.dumps({"dataset": name, "version": version,
+                                      "labels": LABELS_RULE}))
     return data_yaml
 
 

@@ -16,6 +16,12 @@ Rules (also stated in :func:`merge_corrections`):
 - Latest round wins, openly: when an image's current boxes are already human (an earlier
   round), the new correction replaces them, and the conflict is recorded in the merge
   report and in the history record (``conflict: true``, previous annotator and round).
+- Crowd annotations (``iscrowd: 1``) are not people's to edit: a correction of their image
+  keeps them verbatim (they are shown read-only, and never compared with the answer).
+- A box a person left as it was keeps its annotation (``segmentation`` included). A box
+  whose class alone changed keeps its geometry and ``segmentation``; a box that moved gets
+  none (the old outline no longer fits it; the replaced annotation, outline and all, is in
+  ``hitl_history``).
 - Skipped images keep their labels; labeled pool images join the training split.
 - Human-verified images get ``weight = human_weight`` and ``hitl_verified_round``; at each
   later merge their extra weight ``weight - 1`` is multiplied by ``decay``.
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hitl_plugin.boxes import KINDS, compare
+from hitl_plugin.boxes import KINDS, UNCHANGED_PX, compare, same_object_pairs
 from hitl_plugin.dataset.coco import EDGE_TOLERANCE
 from hitl_plugin.dataset.store import (
     FORMAT,
@@ -115,6 +121,13 @@ def box_problem(
     return None
 
 
+def same_geometry(a: list[float], b: list[float]) -> bool:
+    """Whether two boxes' corners are within :data:`~hitl_plugin.boxes.UNCHANGED_PX`."""
+    return max(abs(p - q) for p, q in zip(
+        (a[0], a[1], a[0] + a[2], a[1] + a[3]), (b[0], b[1], b[0] + b[2], b[1] + b[3]))
+    ) <= UNCHANGED_PX
+
+
 def decayed_weight(weight: float, decay: float) -> float:
     """The weight of an image verified in an earlier round, one merge later."""
     return round(1.0 + (weight - 1.0) * decay, 6)
@@ -188,6 +201,8 @@ class _Merger:
         self.pool_boxes = 0
         #: images whose answer was the consensus of several people
         self.consensus = 0
+        #: crowd annotations of corrected images, kept verbatim (people do not edit them)
+        self.n_crowd_kept = 0
 
     def images(self, items: Iterator[str]) -> Iterator[str]:
         log.debug("publish phase: %s", "images")  # the crash tests kill in each phase
@@ -276,7 +291,14 @@ class _Merger:
         self.n_old = n_old
         for image_id in sorted(accepted):
             corr = accepted[image_id]
-            old = [json.loads(x) for x in self.old_lines.pop(image_id, [])]
+            old = []
+            for text in self.old_lines.pop(image_id, []):
+                ann = json.loads(text)
+                if ann.get("iscrowd"):  # a crowd region: nobody edits it, it stays verbatim
+                    self.n_crowd_kept += 1
+                    yield text
+                else:
+                    old.append(ann)
             if corr.source == "model":  # pseudo-labels of a pool image: no history to keep
                 for b in corr.boxes:
                     max_id += 1
@@ -295,6 +317,7 @@ class _Merger:
             boxes = [{"bbox": [float(v) for v in b.bbox], "category_id": b.category_id}
                      for b in corr.boxes]
             diff = compare(old, boxes)
+            matched = {j: i for i, j in same_object_pairs(old, boxes, same_class=False)}
             kept: list[dict] = []  # labels the person left as they were: confirmed
             new = []  # boxes the person drew or changed
             for j, box in enumerate(boxes):
@@ -310,6 +333,13 @@ class _Merger:
                            "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
                            "source": "human", "round": self.number, "annotator": annotator,
                            "time": when}
+                    i = matched.get(j)
+                    if i is not None and "segmentation" in old[i] and same_geometry(
+                            old[i]["bbox"], bbox):
+                        # only the class changed: the outline still fits the object
+                        ann.update(bbox=list(old[i]["bbox"]),
+                                   area=old[i].get("area", ann["area"]),
+                                   segmentation=old[i]["segmentation"])
                     if corr.annotators:
                         ann["consensus"] = {"annotators": list(corr.annotators),
                                             "agreement": corr.agreement,
@@ -588,6 +618,7 @@ def _report(store: DatasetStore, merger: _Merger, plan: _Plan, corrections: Corr
         "model_labels_corrected": merger.removed_sources.get("model", 0),
         "accepted_boxes_changed_by_people": sum(c.accepted_changed for c in corrections.items),
         "consensus_images": merger.consensus,
+        "crowd_kept": merger.n_crowd_kept,
         "held": len(corrections.held),
         "gold_tasks": len(corrections.gold),
         "fixed_by_kind": fixed,

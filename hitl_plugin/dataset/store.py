@@ -374,24 +374,53 @@ class DatasetStore:
     # -- import ----------------------------------------------------------------------------
 
     def import_source(self, source_dir: str | os.PathLike[str], *, link: bool = True) -> str:
-        """Create v0001 from a folder in the layout ``hitl synth`` writes.
+        """Create v0001 from a COCO folder (the layout ``hitl synth`` writes) or a YOLO one.
 
-        ``annotations/train.json`` becomes the labeled split, ``annotations/pool.json`` (if
-        present) the unlabeled pool, and ``annotations/val.json`` the held-out set beside the
-        versions. Images are placed once under ``images/<name>/`` (hard links when the
-        filesystem allows, copies otherwise) and shared by every later version.
+        COCO: ``annotations/train.json`` becomes the labeled split, ``annotations/pool.json``
+        (if present) the unlabeled pool, and ``annotations/val.json`` the held-out set beside
+        the versions; ``file_name`` is relative to ``images/``. YOLO: a ``data.yaml`` with
+        ``train``, ``val`` and optionally ``pool`` (see :mod:`hitl_plugin.dataset.yolo_format`),
+        read as the same COCO and validated the same way. A folder with both is read as COCO.
+
+        Images are placed once under ``images/<name>/`` (hard links when the filesystem
+        allows, copies otherwise) and shared by every later version. The top-level
+        ``licenses`` and ``info`` and every image field (``license``, ``coco_url``,
+        ``flickr_url``, ``date_captured``, ...) are kept.
         """
+        from hitl_plugin.dataset.yolo_format import find_data_yaml, read_yolo
+
         source = Path(source_dir)
         if self.latest() is not None:
             raise DatasetError(f"dataset {self.name!r} already exists under {self.dir}")
-        train = read_coco(source / "annotations" / "train.json")
-        val = read_coco(source / "annotations" / "val.json")
-        pool_path = source / "annotations" / "pool.json"
-        pool = read_coco(pool_path, require_annotations=False) if pool_path.exists() else None
+        data_yaml = find_data_yaml(source)
+        if (source / "annotations" / "train.json").is_file() or data_yaml is None:
+            if data_yaml is not None:
+                log.info("%s has annotations/train.json and %s: importing the COCO files",
+                         source, data_yaml.name)
+            elif not (source / "annotations").is_dir():
+                raise DatasetError(f"{source}: neither a COCO folder (annotations/train.json, "
+                                   "val.json, images/) nor a YOLO one (data.yaml)")
+            train = read_coco(source / "annotations" / "train.json")
+            val = read_coco(source / "annotations" / "val.json")
+            pool_path = source / "annotations" / "pool.json"
+            pool = (read_coco(pool_path, require_annotations=False)
+                    if pool_path.exists() else None)
+            images_dir = source / "images"
+            names = {"train": "train.json", "val": "val.json", "pool": str(pool_path)}
+        else:
+            yolo = read_yolo(data_yaml)
+            train, val, pool = yolo.splits["train"], yolo.splits["val"], yolo.splits["pool"]
+            images_dir = yolo.base
+            names = {k: f"{data_yaml} ({k})" for k in ("train", "val", "pool")}
+        return self._import(source, train, val, pool, images_dir, names, link=link)
+
+    def _import(self, source: Path, train: dict, val: dict, pool: dict | None,
+                images_dir: Path, names: dict[str, str], *, link: bool) -> str:
+        """Place the images of validated COCO splits and publish v0001."""
         if pool is not None and pool["categories"] != train["categories"]:
-            raise DatasetError(f"{pool_path}: categories differ from train.json")
+            raise DatasetError(f"{names['pool']}: categories differ from {names['train']}")
         if val["categories"] != train["categories"]:
-            raise DatasetError(f"{source / 'annotations' / 'val.json'}: categories differ")
+            raise DatasetError(f"{names['val']}: categories differ from {names['train']}")
 
         prefix = self.layout.dataset_images(self.name)
         rel_prefix = prefix.relative_to(self.layout.images).as_posix()
@@ -399,7 +428,7 @@ class DatasetStore:
         def place(images: list[dict], split: str | None) -> list[dict]:
             placed = []
             for img in images:
-                src = source / "images" / img["file_name"]
+                src = images_dir / img["file_name"]
                 dst = prefix / img["file_name"]
                 if not dst.exists():
                     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -415,8 +444,8 @@ class DatasetStore:
 
         ids = {img["id"] for img in train["images"]}
         if pool is not None and ids & {img["id"] for img in pool["images"]}:
-            raise DatasetError(f"{pool_path}: image ids overlap with train.json")
-        check_source_images(source / "images", train["images"] + val["images"]
+            raise DatasetError(f"{names['pool']}: image ids overlap with {names['train']}")
+        check_source_images(images_dir, train["images"] + val["images"]
                             + (pool["images"] if pool is not None else []))
         images = place(train["images"], "train")
         if pool is not None:
@@ -428,10 +457,30 @@ class DatasetStore:
             "images": images,
             "annotations": annotations,
         }
+        licenses = merged_licenses(train, pool)
+        if licenses is not None:
+            coco["licenses"] = licenses
         val_out = {**val, "images": place(val["images"], None)}
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.layout.val_file(self.name), val_out, indent=None)
         return self.publish(coco, parent=None, round=0, note=f"imported from {source}")
+
+
+def merged_licenses(*cocos: dict | None) -> list | None:
+    """The top-level ``licenses`` of several COCO files, one entry per id (the first wins);
+    None when none of them has the key."""
+    found = [c["licenses"] for c in cocos if c is not None and isinstance(c.get("licenses"),
+                                                                         list)]
+    if not found:
+        return None
+    out, seen = [], set()
+    for licenses in found:
+        for lic in licenses:
+            key = lic.get("id") if isinstance(lic, dict) else repr(lic)
+            if key not in seen:
+                seen.add(key)
+                out.append(lic)
+    return out
 
 
 def check_source_images(folder: Path, images: list[dict], *, cap: int = 50) -> None:

@@ -39,6 +39,10 @@ matching (predictions by descending score, each to the unmatched label of highes
 - ``missing``: a confident box (score >= ``selection.conf``) that overlaps no label of any
   class at IoU >= ``match_iou`` (nor the label of a bad box). Score = the box's score.
 
+Crowd annotations (``iscrowd: 1``, one region around many objects) are not labels to check:
+they are never suspected, and a box of the model inside one (intersection over the box's own
+area >= ``match_iou``, COCOeval's rule for crowd regions) is not ``missing``.
+
 The image's ``label_error_score`` is the noisy-OR of its suspicion scores,
 ``1 - prod(1 - s)``: one strong suspicion or several weaker ones rank an image high.
 """
@@ -128,6 +132,7 @@ def find_suspicions(
     low_conf: float = LOW_CONF,
     support_iou: float | None = None,
     weights: dict[str, float] | None = None,
+    crowd: Sequence[Sequence[float]] = (),
 ) -> list[Suspicion]:
     """Compare one image's labels with the model's boxes; return the suspected errors.
 
@@ -142,6 +147,8 @@ def find_suspicions(
     :param support_iou: overlap from which a box supports a label against ``spurious``
         (default ``match_iou``).
     :param weights: per-kind factors on the scores (default :data:`KIND_WEIGHTS`).
+    :param crowd: the boxes of the image's crowd regions (``labels`` holds none of them): a
+        box mostly inside one is not ``missing``.
     """
     weights = KIND_WEIGHTS if weights is None else weights
     support_iou = match_iou if support_iou is None else support_iou
@@ -220,8 +227,18 @@ def find_suspicions(
             continue
         if len(labels) and float(iou[:, j].max()) >= match_iou:
             continue  # a duplicate box on a labeled object (class-aware NMS keeps both classes)
+        if any(in_region(pred["bbox"], region) >= match_iou for region in crowd):
+            continue  # one of many objects of a crowd region: nobody labels those one by one
         sus("missing", pred["score"], None, pred, None)
     return out
+
+
+def in_region(box: Sequence[float], region: Sequence[float]) -> float:
+    """The share of ``box``'s area inside ``region`` (COCOeval's overlap with a crowd)."""
+    iw = min(box[0] + box[2], region[0] + region[2]) - max(box[0], region[0])
+    ih = min(box[1] + box[3], region[1] + region[3]) - max(box[1], region[1])
+    area = box[2] * box[3]
+    return iw * ih / area if iw > 0 and ih > 0 and area > 0 else 0.0
 
 
 def aggregate(suspicions: Iterable[Suspicion]) -> float:
@@ -241,7 +258,13 @@ def score_record(
     *,
     low_conf: float = LOW_CONF,
 ) -> ImageScore:
-    """Build one image's record from its labels and predicted boxes (pure)."""
+    """Build one image's record from its labels and predicted boxes (pure).
+
+    Crowd annotations among ``labels`` are not checked and not counted (see the module
+    docstring).
+    """
+    crowd = [lab["bbox"] for lab in labels if lab.get("iscrowd")]
+    labels = [lab for lab in labels if not lab.get("iscrowd")]
     split = image.get("hitl_split", "train")
     confident = [p for p in preds if p["score"] >= selection.conf]
     probs = [p["class_probs"] if p.get("class_probs") is not None else [p["score"]]
@@ -252,7 +275,7 @@ def score_record(
     if split == "train":
         suspicions = find_suspicions(
             labels, preds, categories, conf=selection.conf, match_iou=selection.match_iou,
-            bad_box_iou=selection.bad_box_iou, low_conf=low_conf)
+            bad_box_iou=selection.bad_box_iou, low_conf=low_conf, crowd=crowd)
     return ImageScore(
         image_id=image["id"],
         split=split,

@@ -246,7 +246,11 @@ def select_samples(
             height=int(img["height"]), split=r.split, reason=reason, score=round(score, 6),
             suspicions=rec.suspicions, predictions=rec.predictions,
             labels=[LabelBox(id=a["id"], bbox=[float(v) for v in a["bbox"]],
-                             category_id=a["category_id"]) for a in labels.get(r.image_id, [])]))
+                             category_id=a["category_id"]) for a in labels.get(r.image_id, [])
+                    if not a.get("iscrowd")],
+            crowd=[LabelBox(id=a["id"], bbox=[float(v) for v in a["bbox"]],
+                            category_id=a["category_id"]) for a in labels.get(r.image_id, [])
+                   if a.get("iscrowd")]))
     manifest = SelectionManifest(
         schema_version=ROUND_FILE_SCHEMA, dag_id=dag_id, run_id=run_id, dataset=dataset,
         version=version, model_version=model_version,

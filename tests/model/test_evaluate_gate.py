@@ -42,6 +42,22 @@ def test_wrong_class_or_no_prediction_scores_zero_without_error():
     assert empty == {"map50_95": 0.0, "map50": 0.0, "per_class": {"circle": 0.0, "star": 0.0}}
 
 
+def test_a_prediction_on_a_crowd_region_is_not_a_false_positive():
+    """COCOeval treats ``iscrowd: 1`` as a region to ignore: detections in it neither count
+    as false positives nor are needed (issue 15)."""
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                "score": 0.5} for a in VAL["annotations"]]
+    in_crowd = [{"image_id": 5, "category_id": 30, "bbox": [62, 62, 20, 20], "score": 0.9}]
+    crowd = {"id": 3, "image_id": 5, "category_id": 30, "bbox": [60, 60, 35, 35],
+             "area": 1225, "iscrowd": 1}
+    with_crowd = {**VAL, "annotations": VAL["annotations"] + [crowd]}
+    assert coco_metrics(with_crowd, perfect + in_crowd)["map50_95"] == pytest.approx(1.0)
+    # the same box where there is no crowd: a confident false positive, precision drops
+    not_crowd = {**VAL, "annotations": VAL["annotations"] + [{**crowd, "iscrowd": 0,
+                                                              "bbox": [0, 60, 20, 20]}]}
+    assert coco_metrics(not_crowd, perfect + in_crowd)["map50_95"] < 0.9
+
+
 def test_ultralytics_class_index_maps_to_coco_category_id():
     # Export order is categories sorted by id: index 0 -> 30 (circle), 1 -> 70 (star).
     # Ultralytics writes category_id = index + 1 and image_id = the file stem.

@@ -19,6 +19,7 @@ from hitl_plugin.model.score import (
     score_record,
     uncertainty_of,
 )
+from hitl_plugin.model.train import BUILTIN_BASE
 from hitl_plugin.schemas import ImageScore, Suspicion
 
 CATS = [1, 2, 3]
@@ -165,6 +166,24 @@ def test_score_record_pool_has_no_suspicions_and_keeps_confident_predictions():
     assert ImageScore.model_validate_json(rec.model_dump_json()) == rec
 
 
+def test_crowd_regions_are_not_scored_and_boxes_inside_them_are_not_missing():
+    """Issue 15: a crowd annotation is not a label to check, and the people the model finds
+    inside a crowd region are not missing labels."""
+    sel = SelectionConfig()
+    img = {"id": 1, "file_name": "x.png", "width": 100, "height": 100, "hitl_split": "train"}
+    crowd = {**lab(9, [50, 50, 40, 40], 1), "iscrowd": 1}
+    labels = [lab(1, [10, 10, 20, 20], 1), crowd]
+    preds = [pred([10, 10, 20, 20], 1, 0.9),  # the labeled object
+             pred([55, 55, 10, 10], 1, 0.9), pred([70, 60, 12, 20], 1, 0.8),  # in the crowd
+             pred([85, 85, 14, 14], 2, 0.7)]  # mostly outside it: a missing label
+    rec = score_record(img, labels, preds, CATS, sel)
+    assert [(s.kind, s.pred_bbox) for s in rec.suspicions] == [("missing", [85, 85, 14, 14])]
+    assert rec.n_labels == 1
+    # a crowd with no box of the model in it is not "spurious" either
+    rec = score_record(img, labels, preds[:1], CATS, sel)
+    assert rec.suspicions == [] and rec.label_error_score == 0.0
+
+
 # -- streaming ----------------------------------------------------------------------------
 
 
@@ -205,8 +224,7 @@ def test_predict_is_fed_a_list_file_not_a_python_list(tmp_path, monkeypatch):
 
 # -- a real model -------------------------------------------------------------------------
 
-BASE = Path(os.environ.get("HITL_TEST_BASE_CHECKPOINT") or Path(__file__).resolve().parents[2]
-            / "hitl_plugin" / "assets" / "base_yolov8n.pt")
+BASE = Path(os.environ.get("HITL_TEST_BASE_CHECKPOINT") or BUILTIN_BASE)  # the package's
 
 
 @pytest.fixture(scope="module")

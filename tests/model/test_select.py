@@ -75,6 +75,15 @@ def test_label_error_takes_top_train_images_by_score(tmp_path):
     assert m.items[0].file_name == "d/train/1.png" and m.items[0].width == 64
 
 
+def test_crowd_annotations_go_apart_from_the_labels_people_edit(tmp_path):
+    path, coco = make(tmp_path)
+    coco["annotations"].append({"id": 999, "image_id": 1, "category_id": 1,
+                                "bbox": [20, 20, 30, 20], "area": 600, "iscrowd": 1})
+    m = run(path, coco, budget=1, strategy="label_error")
+    (item,) = m.items
+    assert [b.id for b in item.labels] == [1] and [b.id for b in item.crowd] == [999]
+
+
 def test_uncertainty_takes_pool_first(tmp_path):
     path, coco = make(tmp_path)
     m = run(path, coco, budget=4, strategy="uncertainty")
