@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -488,6 +489,78 @@ class LabelStudioServer:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _api(method: str, url: str, path: str, headers: dict[str, str], **kwargs: Any) -> Any:
+    response = requests.request(method, f"{url.rstrip('/')}{path}", headers=headers,
+                                timeout=60, **kwargs)
+    if response.status_code >= 400:
+        raise LabelStudioServerError(f"{method} {path}: HTTP {response.status_code}: "
+                                     f"{response.text[:300]}")
+    return response.json() if response.content else None
+
+
+def token_settings(url: str, headers: dict[str, str], **changes: bool) -> dict:
+    """The organisation's API token settings, after setting ``changes`` (an org admin's
+    Organization > API Tokens Settings): ``api_tokens_enabled`` (personal access tokens)
+    and ``legacy_api_tokens_enabled`` (``Token <key>``), ``/api/jwt/settings``."""
+    if changes:
+        current = _api("GET", url, "/api/jwt/settings", headers)
+        return _api("POST", url, "/api/jwt/settings", headers, json={**current, **changes})
+    return _api("GET", url, "/api/jwt/settings", headers)
+
+
+def new_personal_token(url: str, headers: dict[str, str]) -> str:
+    """Create a personal access token for the user ``headers`` authenticate (what Account &
+    Settings > Personal Access Token > Create New Token does), ``POST /api/token/``.
+
+    Label Studio allows one at a time: the user's current one is revoked first (``POST
+    /api/token/blacklist/`` with the shortened form ``GET /api/token/`` lists).
+    """
+    for old in _api("GET", url, "/api/token/", headers) or []:
+        _api("POST", url, "/api/token/blacklist/", headers, json={"refresh": old["token"]})
+    return str(_api("POST", url, "/api/token/", headers)["token"])
+
+
+class StaticFiles:
+    """Serve a folder over HTTP on 127.0.0.1 in a thread, as a static server or bucket would
+    serve the images to a Label Studio on another host: ``with StaticFiles(folder) as files:
+    files.url``. Answers with ``Access-Control-Allow-Origin: *``: Label Studio's labeling view
+    loads an image with an ``XMLHttpRequest`` from the browser, which a server of another
+    origin must allow.
+    """
+
+    def __init__(self, folder: Path | str, host: str = "127.0.0.1", port: int = 0) -> None:
+        import functools
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(SimpleHTTPRequestHandler):
+            def end_headers(self) -> None:
+                self.send_header("Access-Control-Allow-Origin", "*")
+                super().end_headers()
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+        self.folder = Path(folder).absolute()
+        handler = functools.partial(Handler, directory=str(self.folder))
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:41234`` (a file ``f`` is at ``url + "/f"``)."""
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> StaticFiles:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def main(argv: list[str] | None = None, prog: str = "hitl labelstudio") -> int:

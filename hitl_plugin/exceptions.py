@@ -85,6 +85,12 @@ class LabelStudioError(HitlError, RuntimeError):
         return self.status is None or self.status in RETRY_ALWAYS or self.status >= 500
 
 
+class LabelStudioAuthError(LabelStudioError):
+    """Label Studio rejects the connection's token even after a renewal: a configuration
+    error (never transient); the message names the server, the connection, the token type
+    and what to check."""
+
+
 class InvalidResult(HitlError, ValueError):
     """A result region from the labeling service that cannot be accepted."""
 

@@ -10,8 +10,19 @@ runs in the triggerer's event loop. Both follow one retry rule (:func:`retryable
   the server is NOT repeated blindly: the caller re-reads the server state first (see
   :func:`hitl_plugin.labeling.submit.submit_batch`), which keeps imports free of duplicates.
 
-The API token is sent in a header and never appears in a log line, an exception message or a
-``repr``: every text that leaves this module goes through :func:`scrub`.
+Two kinds of API token (the connection's extra ``token_type``, see :func:`token_kind`):
+
+- a legacy token, sent as ``Authorization: Token <key>``;
+- a personal access token (Label Studio's default for new organisations): a JWT refresh token,
+  exchanged for a short-lived access token (``POST /api/token/refresh/``, five minutes in
+  Label Studio 1.23) sent as ``Authorization: Bearer <access>``. A new one is fetched shortly
+  before the current one expires (its ``exp`` claim) and once after a 401.
+
+A 401 that stays (after that one renewal) is a configuration error,
+:class:`~hitl_plugin.exceptions.LabelStudioAuthError`, whose message names the server, the
+connection, the token type and what to check. The tokens are sent in a header and never
+appear in a log line, an exception message or a ``repr``: every text that leaves this module
+goes through :func:`scrub`, which removes the API token and the current access token.
 
 Task queries use Label Studio's server-side filters (``query={"filters": ...}``) and read the
 count from the response's ``total``, so a count never downloads the tasks.
@@ -20,16 +31,18 @@ count from the response's ``total``, so a count never downloads the tasks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import requests
 
-from hitl_plugin.exceptions import RETRY_ALWAYS, LabelStudioError
+from hitl_plugin.exceptions import RETRY_ALWAYS, LabelStudioAuthError, LabelStudioError
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +51,83 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 KEY_FIELD = "hitl_key"
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """Replace every occurrence of ``secret`` in ``text`` (and cut very long texts)."""
-    if secret:
+def scrub(text: str, *secrets: str | None, limit: int | None = 300) -> str:
+    """Replace every occurrence of each secret in ``text`` (and cut texts over ``limit``).
+
+    A JWT's signature (its last part, what makes it usable) is removed even where the rest of
+    the token is not quoted whole.
+    """
+    for secret in secrets:
+        if not secret:
+            continue
         text = text.replace(secret, "***")
-    return text if len(text) <= 300 else text[:300] + "..."
+        signature = secret.rsplit(".", 1)[-1] if secret.count(".") == 2 else ""
+        if len(signature) >= 16:
+            text = text.replace(signature, "***")
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
+#: Values of the connection's extra ``token_type``.
+TOKEN_TYPES = ("legacy", "personal", "auto")
+#: Label Studio's endpoint that exchanges a personal access token for an access token.
+REFRESH_PATH = "/api/token/refresh/"
+#: Seconds before an access token's expiry at which a new one is fetched (Label Studio's
+#: access tokens live five minutes); at most a quarter of the token's lifetime.
+REFRESH_MARGIN_S = 30.0
+#: Where a person finds each kind of token and its organisation switch (Label Studio 1.23).
+_PAT_PLACES = ("a personal access token of this server (Account & Settings > Personal Access "
+               "Token), not revoked or expired, and that personal access tokens are enabled "
+               "for the organisation (Organization > API Tokens Settings)")
+_LEGACY_PLACES = ("the legacy token of this server (Account & Settings > Legacy Token), and "
+                  "that legacy tokens are enabled for the organisation (Organization > API "
+                  "Tokens Settings > Legacy Tokens; new organisations have them off)")
+
+
+def jwt_claims(token: str) -> dict | None:
+    """The claims of a JWT, read without checking its signature (the server checks it), or
+    ``None`` when ``token`` is not one: three base64url parts, a JSON object in the middle."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # bad base64, bad UTF-8 and bad JSON are all ValueErrors
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def token_kind(token: str, token_type: str = "auto") -> str:
+    """The kind of an API token, ``"legacy"`` or ``"personal"``.
+
+    :param token_type: ``legacy``, ``personal``, or ``auto`` (the default): a JWT whose
+        ``token_type`` claim is ``refresh`` is a personal access token, anything else a
+        legacy token.
+    :raises ValueError: for another ``token_type``, or ``personal`` with a token that is not
+        a JWT refresh token.
+    """
+    if token_type not in TOKEN_TYPES:
+        raise ValueError(f"token_type must be one of {', '.join(TOKEN_TYPES)}; got "
+                         f"{token_type!r}")
+    personal = (jwt_claims(token) or {}).get("token_type") == "refresh"
+    if token_type == "personal" and not personal:
+        raise ValueError("token_type is 'personal' but the token is not a personal access "
+                         "token (a JWT refresh token: three dot-separated parts, 'eyJ...'); "
+                         "a legacy token needs token_type 'legacy' or 'auto'")
+    if token_type == "auto":
+        return "personal" if personal else "legacy"
+    return token_type
+
+
+def access_expiry(access: str, now: float) -> float:
+    """The time (``time.time()`` scale) at which to stop using an access token: its ``exp``
+    less :data:`REFRESH_MARGIN_S` (at most a quarter of its lifetime); without an ``exp``,
+    never (a 401 renews it)."""
+    claims = jwt_claims(access) or {}
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+        return float("inf")
+    lifetime = exp - iat if isinstance(iat, (int, float)) and iat < exp else exp - now
+    return float(exp) - min(REFRESH_MARGIN_S, max(0.0, lifetime) / 4)
 
 
 def retryable(method: str, *, status: int | None, sent: bool) -> bool:
@@ -174,34 +259,112 @@ TLS_HINT = ("the server's TLS certificate does not verify; set the connection's 
 
 class _Base:
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 backoff: float = 0.5, ca_bundle: str | None = None) -> None:
+                 backoff: float = 0.5, ca_bundle: str | None = None, token_type: str = "auto",
+                 image_url_prefix: str | None = None, conn_id: str | None = None) -> None:
+        where = f"Connection {conn_id!r}: " if conn_id else ""
         if not url:
-            raise ValueError("Label Studio URL is empty")
+            raise ValueError(f"{where}Label Studio URL is empty")
         if not token:
-            raise ValueError("Label Studio API token is empty")
+            raise ValueError(f"{where}Label Studio API token is empty")
         if retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError("timeout must be > 0, retries and backoff >= 0")
+        try:
+            kind = token_kind(token, token_type)
+        except ValueError as exc:
+            raise ValueError(f"{where}{exc}") from None
         self.url = url.rstrip("/")
         self._token = token
+        #: ``"legacy"`` or ``"personal"`` (see :func:`token_kind`).
+        self.token_type = kind
+        self._asked_type = token_type
+        self.conn_id = conn_id
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         #: TLS verification: the CA bundle's path, else the system's (True).
         self.verify: str | bool = ca_bundle or True
+        #: Where this server reads our images (``None``: its local-files serving of the
+        #: storage root), see :func:`hitl_plugin.labeling.tasks.image_url`.
+        self.image_url_prefix = image_url_prefix or None
+        #: The current access token of a personal access token, and when to stop using it.
+        self._access: str | None = None
+        self._access_until = 0.0
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self.url!r}, retries={self.retries})"
+        return (f"{type(self).__name__}(url={self.url!r}, token_type={self.token_type!r}, "
+                f"retries={self.retries})")
 
     __str__ = __repr__
 
-    @property
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Token {self._token}"}
+    def _scrub(self, text: str, limit: int | None = 300) -> str:
+        return scrub(text, self._token, self._access, limit=limit)
 
     def _error(self, reason: str, *, status: int | None, method: str, path: str,
                sent: bool, permanent: bool = False) -> LabelStudioError:
-        return LabelStudioError(scrub(reason, self._token), status=status, method=method,
+        return LabelStudioError(self._scrub(reason), status=status, method=method,
                                 path=path.split("?")[0], sent=sent, permanent=permanent)
+
+    # -- authentication -------------------------------------------------------------------
+    def _auth_headers(self, access: str | None) -> dict[str, str]:
+        if self.token_type == "legacy":
+            return {"Authorization": f"Token {self._token}"}
+        return {"Authorization": f"Bearer {access}"}
+
+    def _access_valid(self) -> bool:
+        return self._access is not None and time.time() < self._access_until
+
+    def _forget_access(self, used: dict[str, str]) -> None:
+        """Drop the access token ``used`` (unless another call has renewed it meanwhile)."""
+        if self._access is not None and used == self._auth_headers(self._access):
+            self._access, self._access_until = None, 0.0
+
+    def _keep_access(self, body: Any) -> str:
+        """Keep the access token of a refresh answer (``{"access": ...}``) and return it."""
+        access = body.get("access") if isinstance(body, dict) else None
+        if not isinstance(access, str) or not access:
+            raise self._error("the token refresh answer has no 'access' token (is this "
+                              "Label Studio?)", status=None, method="POST",
+                              path=REFRESH_PATH, sent=True, permanent=True)
+        self._access, self._access_until = access, access_expiry(access, time.time())
+        log.debug("Label Studio at %s: new access token", self.url)
+        return access
+
+    def _where(self) -> str:
+        conn = f" (connection {self.conn_id!r})" if self.conn_id else ""
+        return f"the server at {self.url}{conn}"
+
+    def _kind_text(self) -> str:
+        if self.token_type == "personal":
+            return "personal access token"
+        if self._asked_type == "auto":
+            return ("legacy API token (token_type auto: the token is not a JWT, so it was sent "
+                    "as a legacy token)")
+        if (jwt_claims(self._token) or {}).get("token_type") == "refresh":
+            return ("legacy API token (token_type legacy, but the token looks like a personal "
+                    "access token: set the extra token_type to 'personal' or 'auto')")
+        return "legacy API token"
+
+    def _unauthorized(self, error: LabelStudioError) -> LabelStudioAuthError:
+        """The configuration error a 401 that stays stands for."""
+        if self.token_type == "personal":
+            what = (f"rejects the {self._kind_text()} even with a fresh access token "
+                    f"({error.reason}): check that the connection's password is {_PAT_PLACES}")
+        else:
+            what = (f"rejects the {self._kind_text()} ({error.reason}): check that the "
+                    f"connection's password is {_LEGACY_PLACES}; or use a personal access "
+                    f"token (extra token_type 'personal' or 'auto')")
+        return LabelStudioAuthError(self._scrub(f"{self._where()} {what}", None), status=401,
+                                    method=error.method, path=error.path, sent=True)
+
+    def _refresh_failed(self, error: LabelStudioError) -> LabelStudioError:
+        """The error of a failed token refresh (400/401: the token itself is refused)."""
+        if error.status not in (400, 401):
+            return error
+        return LabelStudioAuthError(self._scrub(
+            f"{self._where()} refuses to exchange the personal access token for an access "
+            f"token ({error.reason}): check that the connection's password is {_PAT_PLACES}; "
+            f"a legacy token needs the extra token_type 'legacy' or 'auto'", None),
+            status=error.status, method="POST", path=REFRESH_PATH, sent=True)
 
     def _http_error(self, response: Any, *, method: str, path: str,
                     ok404: bool) -> LabelStudioError | None:
@@ -247,7 +410,7 @@ class _Base:
                                                     sent=error.sent):
             raise error
         delay = backoff_delay(attempt, self.backoff)
-        log.warning("Label Studio %s %s failed (%s); retry %s/%s in %.1f s", method,
+        log.warning("Label Studio %s %s failed (%s); retry %s/%s in %.1f s", error.method,
                     error.path, error.reason if error.status is None else f"HTTP {error.status}",
                     attempt + 1, self.retries, delay)
         return delay
@@ -268,17 +431,26 @@ class LabelStudioClient(_Base):
     """Synchronous Label Studio client (requests), with timeouts and bounded retries.
 
     :param url: base URL, e.g. ``http://127.0.0.1:8081``.
-    :param token: API token (legacy ``Token`` scheme).
+    :param token: API token: a legacy token or a personal access token (see ``token_type``).
     :param timeout: seconds per HTTP call.
     :param retries: retries after the first try (only per :func:`retryable`).
     :param backoff: first backoff delay in seconds, doubled per retry.
+    :param ca_bundle: CA file that verifies the server's TLS certificate (also for the token
+        refresh); default: the system's.
+    :param token_type: ``legacy``, ``personal`` or ``auto`` (see :func:`token_kind`).
+    :param image_url_prefix: where this server reads our images (see
+        :func:`hitl_plugin.labeling.tasks.image_url`); ``None``: local-files serving.
+    :param conn_id: the Airflow connection it was built from, named in error messages.
     """
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 backoff: float = 0.5, ca_bundle: str | None = None) -> None:
+                 backoff: float = 0.5, ca_bundle: str | None = None, token_type: str = "auto",
+                 image_url_prefix: str | None = None, conn_id: str | None = None) -> None:
         super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff,
-                         ca_bundle=ca_bundle)
+                         ca_bundle=ca_bundle, token_type=token_type,
+                         image_url_prefix=image_url_prefix, conn_id=conn_id)
         self._session = requests.Session()
+        self._refresh_lock = threading.Lock()
 
     def close(self) -> None:
         self._session.close()
@@ -293,15 +465,57 @@ class LabelStudioClient(_Base):
                 json_body: Any = None, ok404: bool = False, timeout: float | None = None) -> Any:
         """Call the API; return the decoded JSON (``None`` for an empty body or ``ok404``).
 
+        With a personal access token, a 401 gets one new access token and one more try.
+
+        :raises LabelStudioAuthError: the server rejects the token (a configuration error).
         :raises LabelStudioError: after the retries allowed for this method are spent.
         """
         method = method.upper()
+        for renewed in (False, True):
+            headers = self._headers()
+            try:
+                return self._call(method, path, headers=headers, params=params,
+                                  json_body=json_body, ok404=ok404, timeout=timeout)
+            except LabelStudioError as exc:
+                if exc.status != 401:
+                    raise
+                if renewed or self.token_type != "personal":
+                    raise self._unauthorized(exc) from None
+                log.info("Label Studio %s %s: HTTP 401; getting a new access token and "
+                         "trying once more", method, exc.path)
+                self._forget_access(headers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _headers(self) -> dict[str, str]:
+        """The Authorization header; with a personal access token, renewed when due."""
+        if self.token_type == "legacy":
+            return self._auth_headers(None)
+        with self._refresh_lock:  # one refresh for the threads that find the token due
+            if not self._access_valid():
+                self._refresh()
+            return self._auth_headers(self._access)
+
+    def _refresh(self) -> str:
+        """Exchange the personal access token for a new access token (retried like a GET:
+        asking twice does no harm)."""
+        try:
+            body = self._call("POST", REFRESH_PATH, headers={}, retry_as="GET",
+                              json_body={"refresh": self._token})
+        except LabelStudioError as exc:
+            raise self._refresh_failed(exc) from None
+        return self._keep_access(body)
+
+    def _call(self, method: str, path: str, *, headers: dict[str, str],
+              params: dict | None = None, json_body: Any = None, ok404: bool = False,
+              timeout: float | None = None, retry_as: str | None = None) -> Any:
+        """One API call with the retries of :func:`retryable` (for ``retry_as``, default
+        ``method``); return the decoded JSON."""
         attempt = 0
         while True:
             try:
                 response = self._session.request(
                     method, f"{self.url}{path}", params=params, json=json_body,
-                    headers=self._headers, timeout=timeout or self.timeout,
+                    headers=headers, timeout=timeout or self.timeout,
                     verify=self.verify)  # explicit: REQUESTS_CA_BUNDLE would win otherwise
             except requests.exceptions.SSLError as exc:
                 raise self._error(f"{TLS_HINT}: {_short(exc)}", status=None, method=method,
@@ -322,7 +536,7 @@ class LabelStudioClient(_Base):
                 error, body = self._answer(response, method=method, path=path, ok404=ok404)
                 if error is None:
                     return body
-            time.sleep(self._retry_delay(error, method=method, attempt=attempt))
+            time.sleep(self._retry_delay(error, method=retry_as or method, attempt=attempt))
             attempt += 1
 
     # -- projects -------------------------------------------------------------------------
@@ -464,16 +678,20 @@ def _was_sent(exc: requests.ConnectionError) -> bool:
 
 
 class AsyncLabelStudioClient(_Base):
-    """Asynchronous Label Studio client (httpx) for the triggerer, same retry rule.
+    """Asynchronous Label Studio client (httpx) for the triggerer, same retry rule and the
+    same authentication as :class:`LabelStudioClient` (whose parameters it takes).
 
     Use as ``async with AsyncLabelStudioClient(url, token) as client: ...``.
     """
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 5,
-                 backoff: float = 0.5, ca_bundle: str | None = None) -> None:
+                 backoff: float = 0.5, ca_bundle: str | None = None, token_type: str = "auto",
+                 image_url_prefix: str | None = None, conn_id: str | None = None) -> None:
         super().__init__(url, token, timeout=timeout, retries=retries, backoff=backoff,
-                         ca_bundle=ca_bundle)
+                         ca_bundle=ca_bundle, token_type=token_type,
+                         image_url_prefix=image_url_prefix, conn_id=conn_id)
         self._client: Any = None
+        self._refresh_lock = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncLabelStudioClient:
         import httpx
@@ -492,17 +710,50 @@ class AsyncLabelStudioClient(_Base):
     async def request(self, method: str, path: str, *, params: dict | None = None,
                       json_body: Any = None, ok404: bool = False) -> Any:
         """Async form of :meth:`LabelStudioClient.request` (sleeps with ``asyncio.sleep``)."""
+        method = method.upper()
+        for renewed in (False, True):
+            headers = await self._headers()
+            try:
+                return await self._call(method, path, headers=headers, params=params,
+                                        json_body=json_body, ok404=ok404)
+            except LabelStudioError as exc:
+                if exc.status != 401:
+                    raise
+                if renewed or self.token_type != "personal":
+                    raise self._unauthorized(exc) from None
+                log.info("Label Studio %s %s: HTTP 401; getting a new access token and "
+                         "trying once more", method, exc.path)
+                self._forget_access(headers)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _headers(self) -> dict[str, str]:
+        """Async form of :meth:`LabelStudioClient._headers`."""
+        if self.token_type == "legacy":
+            return self._auth_headers(None)
+        async with self._refresh_lock:
+            if not self._access_valid():
+                try:
+                    body = await self._call("POST", REFRESH_PATH, headers={}, retry_as="GET",
+                                            json_body={"refresh": self._token})
+                except LabelStudioError as exc:
+                    raise self._refresh_failed(exc) from None
+                self._keep_access(body)
+            return self._auth_headers(self._access)
+
+    async def _call(self, method: str, path: str, *, headers: dict[str, str],
+                    params: dict | None = None, json_body: Any = None, ok404: bool = False,
+                    retry_as: str | None = None) -> Any:
+        """Async form of :meth:`LabelStudioClient._call`."""
         import httpx
 
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout, verify=self.verify)
-        method = method.upper()
         attempt = 0
         while True:
             try:
                 response = await self._client.request(
                     method, f"{self.url}{path}", params=params, json=json_body,
-                    headers=self._headers)
+                    headers=headers)
             except httpx.ConnectError as exc:
                 if _tls_failure(exc) is not None:
                     raise self._error(f"{TLS_HINT}: {_short(exc)}", status=None, method=method,
@@ -520,7 +771,8 @@ class AsyncLabelStudioClient(_Base):
                 error, body = self._answer(response, method=method, path=path, ok404=ok404)
                 if error is None:
                     return body
-            await asyncio.sleep(self._retry_delay(error, method=method, attempt=attempt))
+            await asyncio.sleep(self._retry_delay(error, method=retry_as or method,
+                                                  attempt=attempt))
             attempt += 1
 
     async def count_tasks(self, project_id: int, filters: Sequence[dict]) -> int:

@@ -33,7 +33,8 @@ def config_labels(config: str) -> set[str]:
 
 def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: list[str],
                         images_root: Path, model_version: str,
-                        paths: RoundPaths | None = None) -> dict:
+                        paths: RoundPaths | None = None,
+                        image_url_prefix: str | None = None) -> dict:
     """Find or create the project titled ``title`` and bring it up to date.
 
     :return: ``{"id": project id, "model_version_ok": whether the project shows
@@ -43,7 +44,8 @@ def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: l
     - creates it with a RectangleLabels config listing ``class_names`` when no project has the
       title (the lowest id wins if several do); adds missing classes to an existing config;
     - registers the local-files storage for ``images_root`` once (never synced: our tasks
-      point at the files themselves);
+      point at the files themselves); not with ``image_url_prefix`` (the connection's extra:
+      a Label Studio that reads the images from that URL, not from the storage root);
     - PATCHes the project's ``model_version`` when it differs, so that annotators see this
       round's predictions.
 
@@ -61,6 +63,8 @@ def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: l
     path = str(Path(images_root).absolute())
     want = {"title": title, "classes": sorted(class_names), "images_root": path,
             "model_version": model_version, "url": client.url}
+    if image_url_prefix:
+        want["image_url_prefix"] = image_url_prefix
     if paths is not None:
         memo, lock = paths.project_memo(title), paths.project_lock(title)
     else:
@@ -74,7 +78,8 @@ def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: l
                 known = {}
             if known.get("setup") == want:
                 return {"id": int(known["id"]), "model_version_ok": True}
-        info = _ensure_project(client, title=title, class_names=class_names, path=path,
+        info = _ensure_project(client, title=title, class_names=class_names,
+                               path=None if image_url_prefix else path,
                                model_version=model_version)
         if memo is not None and info["model_version_ok"]:
             memo.write_text(json.dumps({"setup": want, "id": info["id"]}))
@@ -82,7 +87,8 @@ def ensure_project_info(client: LabelStudioClient, *, title: str, class_names: l
 
 
 def _ensure_project(client: LabelStudioClient, *, title: str, class_names: list[str],
-                    path: str, model_version: str) -> dict:
+                    path: str | None, model_version: str) -> dict:
+    """:param path: the images folder to register as local-files storage (None: none)."""
     project = client.find_project(title)
     if project is None:
         created = client.create_project(title, label_config(class_names),
@@ -107,8 +113,8 @@ def _ensure_project(client: LabelStudioClient, *, title: str, class_names: list[
         client.update_project(project_id, label_config=wanted)
     if any(project.get(k) != v for k, v in PROJECT_SETTINGS.items()):
         client.update_project(project_id, **PROJECT_SETTINGS)
-    if not any(str(s.get("path", "")).rstrip(os.sep) == path.rstrip(os.sep)
-               for s in client.local_storages(project_id)):
+    if path is not None and not any(str(s.get("path", "")).rstrip(os.sep) == path.rstrip(os.sep)
+                                    for s in client.local_storages(project_id)):
         Path(path).mkdir(parents=True, exist_ok=True)
         client.create_local_storage(project_id, path, STORAGE_TITLE)
         log.info("Registered local-files storage %s for project %s", path, project_id)

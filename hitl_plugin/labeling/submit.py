@@ -117,8 +117,8 @@ def _wait_for_keys(client: LabelStudioClient, project_id: int, dag_id: str, run_
 def submit_batch(client: LabelStudioClient, *, project_id: int, selection: SelectionManifest,
                  start: int, stop: int, dag_id: str, run_id: str, model_version: str,
                  paths: RoundPaths | None = None, attempts: int = 3, backoff: float = 1.0,
-                 settle_s: float = 30.0,
-                 sync_model_version: bool = True) -> dict:
+                 settle_s: float = 30.0, sync_model_version: bool = True,
+                 image_url_prefix: str | None = None) -> dict:
     """Import the samples ``selection.items[start:stop]`` that the project does not hold yet.
 
     :param paths: the round's files: ``submissions/<start>-<stop>.json`` is written there
@@ -130,6 +130,8 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         appear (a server still committing it) before importing the missing ones again.
     :param sync_model_version: after importing, make the project show ``model_version`` (Label
         Studio accepts a version only once predictions carry it); False when it already does.
+    :param image_url_prefix: where Label Studio reads the images (the connection's extra,
+        see :func:`hitl_plugin.labeling.tasks.image_url`); None: local-files URLs.
     :return: ``{"project_id", "submitted", "already_present", "batch": [start, stop],
         "duplicates", "overlapped", "submission"}``; ``overlapped`` counts the tasks answered
         by several people; ``duplicates`` counts keys found more than once (left as
@@ -175,7 +177,7 @@ def submit_batch(client: LabelStudioClient, *, project_id: int, selection: Selec
         threshold = selection.auto_accept.threshold if selection.auto_accept else None
         payload = [to_task(samples[k], dag_id=dag_id, run_id=run_id,
                            model_version=model_version, names=names, batch=label,
-                           accept_threshold=threshold)
+                           accept_threshold=threshold, image_url_prefix=image_url_prefix)
                    for k in missing]
         try:
             with _import_turn(paths):

@@ -20,6 +20,9 @@ read in its source):
   suspected. A likely missing object is tied to the model's box at that place.
 - ``hitl_reason`` (shown as the task's header, one line per suspicion), ``hitl_score`` and
   ``hitl_kinds`` are task data: Data Manager columns to sort and filter on.
+- Crowd regions (``iscrowd: 1`` annotations: one box around many objects) are drawn
+  read-only under the ``model`` control (region ids ``c<annotation id>``), with the text
+  :data:`CROWD_TEXT`; collect ignores them and the merge keeps them as they are.
 - Each class has its own colour and hotkey (1-9, 0); the project's instructions
   (:data:`INSTRUCTIONS`) say what to do.
 
@@ -67,6 +70,9 @@ INSTRUCTIONS = (
     "<li><b>Skip</b> when you are unsure: the labels stay as they were.</li></ul>"
     "<p>The grey boxes are the model's, for comparison only; the task view also lists "
     "them as a tab you can duplicate.</p>")
+#: The read-only text on a crowd region.
+CROWD_TEXT = ("crowd region (many {label} objects, too many to box one by one): kept as it "
+              "is; do not draw boxes inside it")
 #: How far (percent of the image side) a box may stick out and still be accepted (then clipped).
 TOLERANCE_PCT = 0.5
 
@@ -106,8 +112,16 @@ def label_config(class_names: list[str] | tuple[str, ...]) -> str:
             f'displayMode="region-list" rows="1"/></View>')
 
 
-def image_url(file_name: str) -> str:
-    """Local-files URL of an image stored under ``<storage root>/images``."""
+def image_url(file_name: str, prefix: str | None = None) -> str:
+    """The URL Label Studio reads an image stored under ``<storage root>/images`` from.
+
+    :param prefix: the connection's extra ``image_url_prefix`` (a Label Studio on another
+        host: a static server or bucket that serves the images folder): the URL is
+        ``prefix`` followed by the quoted file name. ``None``: the local-files URL
+        ``/data/local-files/?d=images/<file>`` (Label Studio serves the storage root).
+    """
+    if prefix:
+        return prefix + quote(file_name, safe="/")
     return "/data/local-files/?d=" + quote(f"images/{file_name}", safe="/")
 
 
@@ -167,6 +181,15 @@ def _label_id(ann_id: int) -> str:
     return f"l{int(ann_id)}"
 
 
+def _text_region(box: dict, texts: list[str]) -> dict:
+    """The read-only per-region text of ``box``: same id and geometry."""
+    geometry = {k: v for k, v in box["value"].items() if k != "rectanglelabels"}
+    return {"id": box["id"], "from_name": ISSUES_NAME, "to_name": TO_NAME, "type": "textarea",
+            "readonly": True, "original_width": box["original_width"],
+            "original_height": box["original_height"], "image_rotation": 0,
+            "value": {**geometry, "text": texts}}
+
+
 def accepted_text(score: float) -> str:
     """The text on a box the model auto-accepted (``selection.auto_accept``)."""
     return f"accepted by the model ({score:.2f}): fix or delete it if it is wrong"
@@ -174,7 +197,8 @@ def accepted_text(score: float) -> str:
 
 def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: str,
             names: dict[int, str], batch: str | None = None,
-            accept_threshold: float | None = None) -> dict:
+            accept_threshold: float | None = None,
+            image_url_prefix: str | None = None) -> dict:
     """One selected sample as a Label Studio task (see the module docstring for the view).
 
     :param model_version: the model behind the predictions; the prediction with this version
@@ -184,6 +208,7 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
         retried submit find its earlier tasks with one narrow query.
     :param accept_threshold: with ``selection.auto_accept``: on a pool image, the model's
         boxes at or above it are marked as accepted by the model (the person checks them).
+    :param image_url_prefix: where Label Studio reads the images (see :func:`image_url`).
     """
     w, h = sample.width, sample.height
     model = [(i, p) for i, p in enumerate(sample.predictions) if p.category_id in names]
@@ -208,13 +233,7 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
         out = [box_to_region(bbox, names[category_id], w, h, score=score, region_id=rid,
                              from_name=control)]
         if found:  # the per-region text: same id and geometry as the box, read-only
-            geometry = {k: v for k, v in out[0]["value"].items() if k != "rectanglelabels"}
-            out.append({"id": rid, "from_name": ISSUES_NAME, "to_name": TO_NAME,
-                        "type": "textarea", "readonly": True,
-                        "original_width": int(w), "original_height": int(h),
-                        "image_rotation": 0,
-                        "value": {**geometry,
-                                  "text": [t for _, t in sorted(found, reverse=True)]}})
+            out.append(_text_region(out[0], [t for _, t in sorted(found, reverse=True)]))
         return out
 
     if sample.split == "train":
@@ -222,13 +241,20 @@ def to_task(sample: SelectedSample, *, dag_id: str, run_id: str, model_version: 
                  for r in region(_label_id(lab.id), lab.bbox, lab.category_id, FROM_NAME)]
         faint = [r for i, p in model
                  for r in region(f"m{i}", p.bbox, p.category_id, MODEL_NAME, p.score)]
+        for crowd in sample.crowd:  # shown so that nobody boxes its objects one by one
+            if crowd.category_id in names:
+                label = names[crowd.category_id]
+                shape = box_to_region(crowd.bbox, label, w, h, region_id=f"c{int(crowd.id)}",
+                                      from_name=MODEL_NAME)
+                shape["readonly"] = True
+                faint += [shape, _text_region(shape, [CROWD_TEXT.format(label=label)])]
     else:  # a new image: people start from the model's boxes
         start = [r for i, p in model
                  for r in region(f"m{i}", p.bbox, p.category_id, FROM_NAME, p.score)]
         faint = []
     kinds = sorted({s.kind for s in sample.suspicions})
     data = {
-        "image": image_url(sample.file_name),
+        "image": image_url(sample.file_name, image_url_prefix),
         "hitl_key": hitl_key(dag_id, run_id, sample.image_id),
         "hitl_dag_id": dag_id,
         "hitl_run_id": run_id,

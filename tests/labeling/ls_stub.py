@@ -1,16 +1,20 @@
 """A tiny local stand-in for Label Studio, for faults a real server cannot produce on demand.
 
 It serves the few endpoints our clients use (tasks with server-side filters, bulk import,
-whoami, projects), checks the token, and can be told to answer an endpoint with an error
+whoami, projects, the token refresh of personal access tokens), checks the token (legacy
+``Token <key>``, or ``Bearer <access>`` with an access token it issued and that has not
+expired), and can be told to answer an endpoint with an error
 status, to answer late, or to drop the connection after reading a request. Real behaviour is
 tested against the real server (tests/integration); this stub is only for faults.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -30,9 +34,32 @@ class Fault:
     commit_after: float = 0.0  # with drop: do the work this many seconds later (a slow commit)
 
 
+def make_jwt(claims: dict) -> str:
+    """A JWT-shaped token with these claims (its signature is random: the stub only
+    compares whole tokens)."""
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return ".".join([part({"alg": "HS256", "typ": "JWT"}), part(claims),
+                     base64.urlsafe_b64encode(uuid.uuid4().bytes * 2).rstrip(b"=").decode()])
+
+
+def personal_token(user_id: int = 1) -> str:
+    """A personal access token as Label Studio makes one: a JWT refresh token for 200 years."""
+    now = int(time.time())
+    return make_jwt({"token_type": "refresh", "exp": now + 200 * 365 * 86400, "iat": now,
+                     "jti": uuid.uuid4().hex, "user_id": str(user_id)})
+
+
 @dataclass
 class StubState:
     token: str
+    #: the personal access token it accepts at ``POST /api/token/refresh/`` (None: none)
+    pat: str | None = None
+    #: lifetime of the access tokens it issues, seconds
+    access_ttl: float = 300.0
+    #: access token -> its expiry (``time.time()``); an access token not here is refused
+    access: dict[str, float] = field(default_factory=dict)
     tasks: list[dict] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     requests: list[tuple[str, str, dict]] = field(default_factory=list)
@@ -116,7 +143,9 @@ class _Handler(BaseHTTPRequestHandler):
             # Echo the Authorization header back, as a careless server might.
             return self._send(fault.status, {"detail": f"boom (auth was "
                                              f"{headers.get('Authorization')})"})
-        if self.headers.get("Authorization") != f"Token {self.state.token}":
+        if method == "POST" and url.path == "/api/token/refresh/":
+            return self._send(*self._refresh(body))
+        if not self._authorized(self.headers.get("Authorization") or ""):
             return self._send(401, {"detail": "Invalid token."})
         status, answer = self._route(method, url.path, parse_qs(url.query), body)
         if fault is not None and fault.drop:  # after: the work is done, the answer is lost
@@ -124,6 +153,28 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         self._send(status, answer)
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, value = header.partition(" ")
+        if scheme == "Token":
+            return value == self.state.token
+        with self.state.lock:
+            return scheme == "Bearer" and self.state.access.get(value, 0.0) > time.time()
+
+    def _refresh(self, body: object) -> tuple[int, object]:
+        """Label Studio's ``POST /api/token/refresh/``: a new access token for the PAT."""
+        st = self.state
+        refresh = body.get("refresh") if isinstance(body, dict) else None
+        if not refresh:
+            return 400, {"refresh": ["This field is required."]}
+        if st.pat is None or refresh != st.pat:
+            return 401, {"detail": "Token is invalid", "code": "token_not_valid"}
+        now = time.time()
+        access = make_jwt({"token_type": "access", "exp": int(now + st.access_ttl),
+                           "iat": int(now), "jti": uuid.uuid4().hex, "user_id": "1"})
+        with st.lock:
+            st.access[access] = now + st.access_ttl
+        return 200, {"access": access}
 
     def _route(self, method: str, path: str, params: dict, body: object) -> tuple[int, object]:
         st = self.state
@@ -177,6 +228,18 @@ class StubLabelStudio:
     @property
     def token(self) -> str:
         return self.state.token
+
+    def enable_pat(self, access_ttl: float = 300.0) -> str:
+        """Accept a personal access token from now on (access tokens live ``access_ttl``
+        seconds); return it."""
+        self.state.pat = personal_token()
+        self.state.access_ttl = access_ttl
+        return self.state.pat
+
+    def revoke_access(self) -> None:
+        """Refuse every access token issued so far (as after a server-side key change)."""
+        with self.state.lock:
+            self.state.access.clear()
 
     def fault(self, method: str, path: str, **kwargs) -> Fault:
         fault = Fault(method, path, **kwargs)

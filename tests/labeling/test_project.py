@@ -47,3 +47,16 @@ def test_setup_is_reused_within_a_round_and_redone_when_it_changes(tmp_path):
     assert ensure_project_info(_Offline(), **args) == {"id": 7, "model_version_ok": True}
     with pytest.raises(AssertionError, match="asked again"):
         ensure_project_info(_Offline(), **{**args, "model_version": "m2"})
+
+
+def test_an_image_url_prefix_registers_no_local_files_storage(tmp_path):
+    class _Remote(_Client):
+        def local_storages(self, project_id):
+            raise AssertionError("a Label Studio reading images from a URL needs no storage")
+
+    client = _Remote(tmp_path / "images")
+    info = ensure_project_info(client, title="hitl-x", class_names=["a", "b"],
+                               images_root=tmp_path / "images", model_version="m1",
+                               image_url_prefix="http://files.local/images/")
+    assert info == {"id": 7, "model_version_ok": True} and client.calls == 1
+    assert not (tmp_path / "images").exists()

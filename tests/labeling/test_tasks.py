@@ -92,6 +92,28 @@ def test_a_pool_image_starts_from_the_models_boxes():
     assert task["data"]["hitl_reason"].startswith("A new image the model is unsure about")
 
 
+def test_crowd_regions_are_shown_read_only_and_never_collected():
+    """Issue 15: a crowd annotation is drawn for people, not given to them to edit."""
+    from hitl_plugin.labeling.collect import task_to_correction
+    from hitl_plugin.labeling.tasks import CROWD_TEXT, MODEL_NAME
+
+    s = sample(crowd=[{"id": 40, "bbox": [80, 10, 60, 50], "category_id": 1}])
+    task = to_task(s, dag_id="d", run_id="r", model_version="m1", names=NAMES)
+    result = task["predictions"][0]["result"]
+    (box,) = [r for r in result if r.get("id") == "c40" and r["type"] == "rectanglelabels"]
+    assert box["from_name"] == MODEL_NAME and box["readonly"] is True and "score" not in box
+    assert box["value"]["rectanglelabels"] == ["circle"]
+    (text,) = [r for r in result if r.get("id") == "c40" and r["type"] == "textarea"]
+    assert text["value"]["text"] == [CROWD_TEXT.format(label="circle")]
+    assert "c40" not in _by(result, "label")
+    # a person submits the view as it was: the crowd region is not a box of the answer
+    task = {**task, "id": 3, "annotations": [{"id": 8, "result": result,
+                                              "created_username": "a@x, 1"}]}
+    corr = task_to_correction(task, dag_id="d", run_id="r", samples={17: s},
+                              categories=CATS)
+    assert corr.answer == "confirmed" and len(corr.boxes) == 2
+
+
 def test_reason_texts():
     assert reason_text(sample(reason="audit", suspicions=[]), NAMES) == \
         "A random audit sample: check every box."
@@ -175,3 +197,7 @@ def test_keys_and_urls():
     assert hitl_key("d", "scheduled__2026-01-01T00:00:00+00:00", 5) == \
         "d|scheduled__2026-01-01T00:00:00+00:00|5"
     assert image_url("a b/c#d.png") == "/data/local-files/?d=images/a%20b/c%23d.png"
+    # A Label Studio on another host reads them from the connection's image_url_prefix.
+    assert image_url("a b/c#d.png", "https://files.example.com/hitl/images/") == \
+        "https://files.example.com/hitl/images/a%20b/c%23d.png"
+    assert image_url("x.png", None) == image_url("x.png", "")

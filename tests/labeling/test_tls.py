@@ -56,6 +56,23 @@ class _Whoami(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):  # the token refresh of a personal access token
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"access": _jwt("access")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _jwt(kind: str) -> str:
+    import base64
+
+    claims = {"token_type": kind, "exp": int(time.time()) + 300, "iat": int(time.time())}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"eyJhbGciOiJIUzI1NiJ9.{payload}.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+
 
 @pytest.fixture
 def https_server(tmp_path):
@@ -92,6 +109,23 @@ def test_an_unknown_certificate_fails_at_once_and_a_ca_bundle_fixes_it(https_ser
             return await good.request("GET", "/api/current-user/whoami")
 
     assert asyncio.run(both()) == {"id": 1}
+
+
+def test_the_ca_bundle_also_verifies_the_token_refresh(https_server):
+    url, ca = https_server
+    pat = _jwt("refresh")
+    with LabelStudioClient(url, pat, retries=5, backoff=1.0) as client:
+        with pytest.raises(LabelStudioError, match="ca_bundle") as info:
+            client.whoami()
+    assert info.value.path == "/api/token/refresh/" and not info.value.transient
+    with LabelStudioClient(url, pat, ca_bundle=ca) as client:
+        assert client.token_type == "personal" and client.whoami() == {"id": 1}
+
+    async def refreshed():
+        async with AsyncLabelStudioClient(url, pat, ca_bundle=ca) as good:
+            return await good.request("GET", "/api/current-user/whoami")
+
+    assert asyncio.run(refreshed()) == {"id": 1}
 
 
 def test_the_wait_ends_at_once_on_a_bad_certificate(https_server):
