@@ -344,6 +344,19 @@ class _Base:
                     "access token: set the extra token_type to 'personal' or 'auto')")
         return "legacy API token"
 
+    def _after_error(self, exc: LabelStudioError, headers: dict[str, str], *,
+                     renewed: bool) -> None:
+        """Raise ``exc``; or, for a 401, the configuration error it stands for; except after
+        a personal access token's first 401: then drop the access token (the next try gets
+        a new one)."""
+        if exc.status != 401:
+            raise exc
+        if renewed or self.token_type != "personal":
+            raise self._unauthorized(exc) from None
+        log.info("Label Studio %s %s: HTTP 401; getting a new access token and trying once "
+                 "more", exc.method, exc.path)
+        self._forget_access(headers)
+
     def _unauthorized(self, error: LabelStudioError) -> LabelStudioAuthError:
         """The configuration error a 401 that stays stands for."""
         if self.token_type == "personal":
@@ -477,13 +490,7 @@ class LabelStudioClient(_Base):
                 return self._call(method, path, headers=headers, params=params,
                                   json_body=json_body, ok404=ok404, timeout=timeout)
             except LabelStudioError as exc:
-                if exc.status != 401:
-                    raise
-                if renewed or self.token_type != "personal":
-                    raise self._unauthorized(exc) from None
-                log.info("Label Studio %s %s: HTTP 401; getting a new access token and "
-                         "trying once more", method, exc.path)
-                self._forget_access(headers)
+                self._after_error(exc, headers, renewed=renewed)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _headers(self) -> dict[str, str]:
@@ -717,13 +724,7 @@ class AsyncLabelStudioClient(_Base):
                 return await self._call(method, path, headers=headers, params=params,
                                         json_body=json_body, ok404=ok404)
             except LabelStudioError as exc:
-                if exc.status != 401:
-                    raise
-                if renewed or self.token_type != "personal":
-                    raise self._unauthorized(exc) from None
-                log.info("Label Studio %s %s: HTTP 401; getting a new access token and "
-                         "trying once more", method, exc.path)
-                self._forget_access(headers)
+                self._after_error(exc, headers, renewed=renewed)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _headers(self) -> dict[str, str]:
