@@ -68,7 +68,10 @@ echo "[compat] unit tests against Airflow $version (storage root $home)"
 # A copy of the repository without its packages, so that the tests import the installed ones.
 work="$(mktemp -d /tmp/hitl-compat-tree.XXXXXX)"
 git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C "$work"
-rm -rf "$work/hitl_plugin" "$work/hitl_dev" "$work/operators" "$work/sensors"
+# (hitl_plugin/assets stays: the example config's JSON Schema modeline points there; a folder
+# without __init__.py never shadows the installed package)
+find "$work/hitl_plugin" -mindepth 1 -maxdepth 1 ! -name assets -exec rm -rf {} +
+rm -rf "$work/hitl_dev" "$work/operators" "$work/sensors"
 cd "$work"
 # The one test left out checks that this environment is the lock file's (Airflow 3.3.2).
 HITL_HOME="$home" "$venv/bin/python" -m pytest -p no:cacheprovider -q -rfE \

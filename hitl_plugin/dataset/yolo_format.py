@@ -259,7 +259,7 @@ def read_yolo(data_yaml: str | os.PathLike[str]) -> YoloSource:
     if not isinstance(data, dict):
         raise DatasetError(f"{where}: must be a mapping with names, train and val")
     names = class_names_of(data, where)
-    root = data_yaml.parent
+    root = data_yaml.parent.absolute()
     base = Path(data["path"]) if isinstance(data.get("path"), str) and data["path"] else root
     if not base.is_absolute():
         base = root / base

@@ -165,3 +165,15 @@ def test_cli_imports_a_yolo_folder_and_names_bad_lines(tmp_path, capsys):
     (src / "labels" / "train" / "a.txt").write_text("2 0.5 0.5 0.1 0.1\n")
     assert dataset_cli(["--root", root, "import", "pets", str(src)]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["annotations"] == 1
+
+
+def test_a_relative_folder_as_a_person_types_it(tmp_path, monkeypatch):
+    """`hitl dataset import pets y` from the folder above: no `path` key, a relative folder."""
+    make_yolo(tmp_path / "y", GOOD)
+    monkeypatch.chdir(tmp_path)
+    assert DatasetStore(tmp_path / "root", "pets").import_source("y") == "v0001"
+    with_path = make_yolo(tmp_path / "z" / "data", GOOD)
+    (tmp_path / "z" / "data.yaml").write_text(yaml.safe_dump(
+        {**yaml.safe_load((with_path / "data.yaml").read_text()), "path": "data"}))
+    monkeypatch.chdir(tmp_path / "z")
+    assert read_yolo("data.yaml").splits["train"]["images"]

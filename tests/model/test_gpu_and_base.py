@@ -121,7 +121,7 @@ def test_a_coco_pretrained_base_gets_a_new_head_with_a_warning(tmp_path, caplog)
 
     with caplog.at_level(logging.WARNING, logger="hitl_plugin.steps"):
         assert steps.check_classes(rnd, str(base), "path", names, "v0001") is True
-    (warning,) = [r.getMessage() for r in caplog.records]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "hitl_plugin.steps"]
     assert "detects 80 classes (person, bicycle" in warning
     assert f"has 2 ({', '.join(names)})" in warning and "head is rebuilt" in warning
     # the training itself: Ultralytics rebuilds the head for the dataset's classes
