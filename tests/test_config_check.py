@@ -34,7 +34,8 @@ def test_example_configs_point_editors_at_the_shipped_schema():
     for path in CONFIGS:
         match = MODELINE.search(path.read_text(encoding="utf-8"))
         assert match, f"{path} lacks the yaml-language-server modeline"
-        assert (path.parent / match.group(1)).resolve() == SCHEMA_FILE.resolve()
+        target = path.parent / match.group(1)  # in this tree: the file the package ships
+        assert target.is_file() and target.read_text() == SCHEMA_FILE.read_text()
 
 
 def _schema_errors(data) -> set[str]:
