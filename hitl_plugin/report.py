@@ -285,6 +285,8 @@ def write_round_report(
         "fixed": merge_report.get("fixed_by_kind", {}),
         "pool_labeled": merge_report["counts"]["pool_labeled"],
         "pool_boxes_labeled": merge_report["counts"]["pool_boxes_labeled"],
+        # boxes people drew or kept in the images merged this round (the HITL view shows it)
+        "human_boxes": counts.get("human_boxes_written", 0),
         "map50_95_before": train["metrics"]["map50_95"],
         "map50_95_after": retrain["metrics"]["map50_95"] if retrain else None,
         "promoted": gate["promoted"],

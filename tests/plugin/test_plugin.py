@@ -1,66 +1,254 @@
+"""The HITL view's routes: login required, the numbers shown equal the round reports, the
+chart, the people table, the dataset lineage, a waiting round's live count from Label
+Studio (and a message when it cannot be reached), the links, the external views.
+
+Users come from Airflow's real SimpleAuthManager (role based); per-DAG access with the FAB
+auth manager is in test_plugin_access.py."""
+
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
 
-from hitl_plugin.dataset.store import DatasetStore
+ROUTES = ("/", "/api/pipelines", "/api/rounds/hitl_shapes", "/api/datasets/shapes",
+          "/api/pipelines/hitl_shapes", "/api/runs/hitl_shapes/manual__2",
+          "/api/progress/hitl_shapes/manual__3", "/pipelines/hitl_shapes",
+          "/runs/hitl_shapes/manual__2", "/plot/hitl_shapes/manual__2.png",
+          "/static/hitl_view.css")
 
 
 @pytest.fixture
-def root(tmp_path):
-    rounds = tmp_path / "rounds" / "hitl_shapes" / "manual__1"
-    rounds.mkdir(parents=True)
-    (rounds / "report.json").write_text(json.dumps({
-        "run_id": "manual__1", "selected": 12,
-        "corrections": {"labeled": 11, "confirmed": 4, "edited": 7, "empty": 1},
-        "map50_95_before": 0.41, "map50_95_after": 0.47, "new_version": "v0002",
-        "finished": "2026-01-01T00:00:00+00:00",
-        "annotators": [{"annotator": "ana@people.local", "tasks": 9, "gold_boxes": 120,
-                        "accuracy": 0.95, "accuracy_ci95": [0.9, 0.98], "precision": 0.97,
-                        "agreement": 0.93, "median_seconds": 8.5, "flagged": False},
-                       {"annotator": "<cid>", "tasks": 8, "gold_boxes": 110,
-                        "accuracy": 0.61, "accuracy_ci95": [0.52, 0.7], "precision": 0.66,
-                        "agreement": 0.7, "median_seconds": 9.0, "flagged": True}],
-    }))
-    (rounds / "report.png").write_bytes(b"\x89PNG fake")
-    DatasetStore(tmp_path, "shapes").publish(
-        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}, parent=None)
-    return tmp_path
+def client(root, monkeypatch):
+    """The plugin app as an admin of Airflow's SimpleAuthManager sees it; no Label Studio
+    connection unless a test defines one."""
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.security import get_user
+
+    from hitl_plugin.plugin import create_app
+
+    create_auth_manager()  # the configured one (SimpleAuthManager), as the API server does
+    monkeypatch.delenv("AIRFLOW_CONN_LABEL_STUDIO_DEFAULT", raising=False)
+    app = create_app(root)
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="admin",
+                                                                       role="admin")
+    return TestClient(app)
+
+
+def _ls_connection(monkeypatch, url: str, token: str = "stub-secret-token-4242") -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_LABEL_STUDIO_DEFAULT", json.dumps(
+        {"conn_type": "label_studio", "host": url, "password": token}))
 
 
 def test_routes_require_an_airflow_user(root):
     from hitl_plugin.plugin import create_app
 
     client = TestClient(create_app(root))
-    for path in ("/", "/api/pipelines", "/api/rounds/hitl_shapes", "/api/datasets/shapes",
-                 "/plot/hitl_shapes/manual__1.png"):
+    for path in ROUTES:
         assert client.get(path).status_code == 401, path
 
 
-def test_routes_with_a_user(root):
+def test_a_viewer_reads_and_a_user_without_role_is_refused(root):
+    """SimpleAuthManager grants by role: a viewer reads every DAG's rounds, no role none."""
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
 
     from hitl_plugin.plugin import create_app
 
+    create_auth_manager()
     app = create_app(root)
-    app.dependency_overrides[get_user] = lambda: object()
-    client = TestClient(app)
-    assert client.get("/api/pipelines").json() == ["hitl_shapes"]
-    assert client.get("/api/rounds/hitl_shapes").json()[0]["map50_95_after"] == 0.47
-    assert client.get("/api/datasets/shapes").json()["latest"] == "v0001"
-    assert client.get("/api/datasets/nope").status_code == 404
-    page = client.get("/").text
-    assert "manual__1" in page and "0.47" in page and "plot/hitl_shapes/manual__1.png" in page
-    assert "<th>confirmed</th><th>edited</th><th>empty</th>" in page
-    assert "<td>4</td><td>7</td><td>1</td>" in page
-    # the per-person table of the round, escaped
-    assert "People in round manual__1" in page
-    assert "<td>ana@people.local</td><td>9</td><td>120</td><td>0.95</td><td>0.90-0.98</td>" in page
-    assert "<td>&lt;cid&gt;</td>" in page and "yes: answers outside consensus held" in page
-    assert client.get("/plot/hitl_shapes/manual__1.png").content == b"\x89PNG fake"
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="v",
+                                                                       role="viewer")
+    viewer = TestClient(app)
+    assert viewer.get("/api/pipelines").json() == ["hitl_other", "hitl_shapes"]
+    assert viewer.get("/pipelines/hitl_shapes").status_code == 200
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="n", role=None)
+    nobody = TestClient(app)
+    assert nobody.get("/api/pipelines").json() == []
+    for path in ROUTES[2:-1]:
+        assert nobody.get(path).status_code == 403, path
+    assert "data-testid=\"no-pipelines\"" in nobody.get("/").text
+
+
+def test_the_pipeline_page_shows_the_numbers_of_each_report(client, root, pg):
+    page = client.get("/pipelines/hitl_shapes")
+    assert page.status_code == 200
+    shown = pg.shown(page.text)
+    for run in (pg.RUN1, pg.RUN2):
+        rep = json.loads((root / "rounds" / pg.DAG / _folder(run) / "report.json").read_text())
+        cor = rep["corrections"]
+        expect = {
+            f"selected-{run}": rep["selected"], f"labeled-{run}": cor["labeled"],
+            f"confirmed-{run}": cor["confirmed"], f"edited-{run}": cor["edited"],
+            f"empty-{run}": cor["empty"], f"rejected-{run}": cor["rejected"],
+            f"skipped-{run}": cor["skipped"], f"human-boxes-{run}": rep["human_boxes"],
+            f"auto-boxes-{run}": rep["auto_accept"]["boxes"],
+            f"map-before-{run}": rep["map50_95_before"],
+            f"map-after-{run}": rep["map50_95_after"],
+            f"new-version-{run}": rep["new_version"],
+            **{f"fixed-{kind}-{run}": n for kind, n in rep["fixed"].items()},
+        }
+        for testid, value in expect.items():
+            assert shown[testid][0] == value, testid
+        assert shown[f"map-before-{run}"][1] == f"{rep['map50_95_before']:.4f}"
+    assert shown[f"map-after-{pg.RUN2}"][1] == "–"  # no retrain that round
+    assert shown[f"selected-{pg.RUN1}"][1] == "12"
+    # the chart: one point per reported round and series, none for a missing retrain
+    ids = pg.testids(page.text)
+    assert "map-chart" in ids and {"map-line-before", "map-line-after"} <= ids
+    assert f"map-point-before-{pg.RUN1}" in ids and f"map-point-after-{pg.RUN1}" in ids
+    assert f"map-point-before-{pg.RUN2}" in ids and f"map-point-after-{pg.RUN2}" not in ids
+    # rounds link to their run view and their Label Studio project (no connection: no URL)
+    assert f'href="/runs/hitl_shapes/{quote(pg.RUN1, safe="")}"' in page.text
+    # the other pipeline's rounds are not on this page
+    assert "hitl_other" not in page.text
+
+
+def test_the_people_table_and_the_lineage(client, pg):
+    page = client.get("/pipelines/hitl_shapes").text
+    shown = pg.shown(page)
+    run = pg.RUN2  # the latest round that measured people
+    for i, person in enumerate(pg.PEOPLE):
+        tid = f"annotator-{run}-{i}"
+        assert shown[f"{tid}-tasks"][0] == person["tasks"]
+        assert shown[f"{tid}-gold-boxes"][0] == person["gold_boxes"]
+        assert shown[f"{tid}-accuracy"][0] == person["accuracy"]
+        assert shown[f"{tid}-precision"][0] == person["precision"]
+        assert shown[f"{tid}-agreement"][0] == person["agreement"]
+        assert shown[f"{tid}-median-seconds"][0] == person["median_seconds"]
+    assert "0.90–0.98" in page
+    assert "&lt;cid&gt;" in page and "<cid>" not in page  # escaped
+    assert "yes: answers outside consensus held" in page
+    # the dataset: current version and the chain of parents
+    assert '<strong data-testid="dataset-latest">v0003</strong>' in page
+    ids = pg.testids(page)
+    assert {"lineage-v0003", "lineage-v0002", "lineage-v0001", "versions-table"} <= ids
+    assert page.index("lineage-v0003") < page.index("lineage-v0002") < page.index(
+        "lineage-v0001")
+    assert f'href="/runs/hitl_shapes/{quote(pg.RUN2, safe="")}"' in page  # made by round 2
+
+
+def test_the_run_view(client, root, pg):
+    run = pg.RUN2
+    page = client.get(f"/runs/hitl_shapes/{quote(run, safe='')}")
+    assert page.status_code == 200
+    shown = pg.shown(page.text)
+    rep = json.loads((root / "rounds" / pg.DAG / run / "report.json").read_text())
+    assert shown[f"selected-{run}"][0] == rep["selected"]
+    assert shown[f"fixed-class_swap-{run}"][0] == rep["fixed"]["class_swap"]
+    assert shown[f"fixed-total-{run}"][0] == sum(rep["fixed"].values())
+    assert shown[f"auto-images-{run}"][0] == rep["auto_accept"]["images"]
+    assert shown[f"base-version-{run}"][0] == "v0002"
+    assert shown[f"new-version-{run}"][0] == "v0003"
+    assert shown[f"annotator-{run}-1-held"][0] == 3
+    assert f'data-testid="stage-{run}">reported<' in page.text
+    assert 'src="/plot/hitl_shapes/manual__2.png"' in page.text
+    # the run id Airflow puts in the tab's href (URL-encoded, with ':' and '+')
+    first = client.get(f"/runs/hitl_shapes/{quote(pg.RUN1, safe='')}")
+    assert pg.shown(first.text)[f"map-after-{pg.RUN1}"][0] == 0.47
+    assert 'target="_top" href="/dags/hitl_shapes/runs/' in first.text
+    assert client.get("/plot/hitl_shapes/manual__2.png").content == b"\x89PNG two"
+    assert client.get(f"/plot/hitl_shapes/{_folder(pg.RUN1)}.png").content == b"\x89PNG fake"
     assert client.get("/plot/hitl_shapes/..%2F..%2Fetc.png").status_code == 404
+    # a run without a round folder still answers, and says so
+    none = client.get("/runs/hitl_shapes/scheduled__x")
+    assert none.status_code == 200 and 'data-testid="stage-scheduled__x"' in none.text
+    data = client.get(f"/api/runs/hitl_shapes/{run}").json()
+    assert data["round"]["labeled"] == rep["corrections"]["labeled"]
+
+
+def test_a_waiting_round_counts_live_in_label_studio(client, monkeypatch, stub_ls, pg):
+    stub_ls.add_tasks(pg.DAG, pg.WAITING, range(8), annotated={0, 1, 2}, skipped={3})
+    stub_ls.add_tasks(pg.DAG, "another_run", range(4), annotated={0, 1})
+    _ls_connection(monkeypatch, stub_ls.url, stub_ls.token)
+    progress = client.get(f"/api/progress/hitl_shapes/{pg.WAITING}").json()
+    assert progress == {"project_id": 9, "done": 4, "total": 8, "annotated": 3, "skipped": 1,
+                        "fraction": 0.5, "deadline": "2026-01-03T12:00:00+00:00"}
+    for path in ("/pipelines/hitl_shapes", f"/runs/hitl_shapes/{pg.WAITING}"):
+        page = client.get(path).text
+        shown = pg.shown(page)
+        assert shown[f"progress-done-{pg.WAITING}"][0] == 4, path
+        assert shown[f"progress-total-{pg.WAITING}"][0] == 8, path
+        assert 'data-testid="deadline-manual__3"' in page
+        assert f'href="{stub_ls.url}/projects/9/data"' in page  # open the round's project
+        assert f'data-testid="stage-{pg.WAITING}">waiting for people<' in page
+    index = client.get("/").text
+    assert 'data-testid="waiting-hitl_shapes"' in index
+    # a round that is not waiting has no live count
+    assert client.get(f"/api/progress/hitl_shapes/{pg.RUN2}").status_code == 404
+
+
+def test_label_studio_unreachable_is_a_message_not_an_error(client, monkeypatch, pg):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _ls_connection(monkeypatch, f"http://127.0.0.1:{port}")
+    page = client.get("/pipelines/hitl_shapes")
+    assert page.status_code == 200
+    assert f'data-testid="progress-error-{pg.WAITING}"' in page.text
+    assert "Live progress unavailable" in page.text and "no response" in page.text
+    assert "query=" not in page.text  # the reason, not the request's URL
+    assert 'data-testid="deadline-manual__3"' in page.text  # the deadline still shows
+    assert pg.shown(page.text)[f"selected-{pg.RUN1}"][0] == 12  # and everything else
+    assert "error" in client.get(f"/api/progress/hitl_shapes/{pg.WAITING}").json()
+    # no connection at all: the same message, no link
+    monkeypatch.delenv("AIRFLOW_CONN_LABEL_STUDIO_DEFAULT")
+    page = client.get(f"/runs/hitl_shapes/{pg.WAITING}").text
+    assert f'data-testid="progress-error-{pg.WAITING}"' in page
+
+
+def test_the_index_and_the_json_api(client, pg):
+    page = client.get("/")
+    assert page.status_code == 200
+    shown = pg.shown(page.text)
+    assert shown["rounds-hitl_shapes"][0] == 2
+    assert shown["latest-map-before-hitl_shapes"][0] == 0.5
+    assert shown["dataset-latest-hitl_shapes"][0] == "v0003"
+    assert 'href="/pipelines/hitl_shapes"' in page.text
+    assert client.get("/api/pipelines").json() == ["hitl_other", "hitl_shapes"]
+    rounds = client.get("/api/rounds/hitl_shapes").json()
+    assert [r["run_id"] for r in rounds] == [pg.RUN1, pg.RUN2]
+    data = client.get("/api/pipelines/hitl_shapes").json()
+    assert [p["before"] for p in data["series"]] == [0.41, 0.5]
+    assert data["dataset"]["chain"] == ["v0003", "v0002", "v0001"]
+    assert [r["stage"] for r in data["rounds"]] == ["reported", "reported", "labeling"]
+    assert client.get("/api/datasets/shapes").json()["latest"] == "v0003"
+    # a dataset no pipeline names: only for who reads every DAG (the admin), and there is none
+    assert client.get("/api/datasets/nope").status_code == 404
+    assert client.get("/api/datasets/orphan").json()["latest"] == "v0001"
+    css = client.get("/static/hitl_view.css")
+    assert css.status_code == 200 and "html.dark" in css.text
+    assert client.get("/static/other.txt").status_code == 404
+
+
+def test_theme_follows_the_query(client):
+    assert '<html lang="en" class="dark" data-theme-fixed="1">' in client.get(
+        "/pipelines/hitl_shapes?theme=dark").text
+    assert '<html lang="en" class="light">' in client.get("/pipelines/hitl_shapes").text
+
+
+def test_a_report_of_the_wrong_shape_is_shown_as_unreadable(client, root):
+    """Issue 13, defect 11: valid JSON of the wrong shape made the page answer 500."""
+    bad = root / "rounds" / "hitl_shapes" / "manual__2b"
+    bad.mkdir()
+    (bad / "report.json").write_text(json.dumps({"run_id": "manual__2b",
+                                                 "corrections": ["not", "an", "object"]}))
+    (root / "rounds" / "hitl_shapes" / "manual__4").mkdir()  # still running: no report
+    page = client.get("/pipelines/hitl_shapes")
+    assert page.status_code == 200
+    assert "0.4100" in page.text  # the good rounds still show
+    assert "report unreadable" in page.text
+    assert 'data-testid="stage-manual__4">running (before labeling)<' in page.text
+    rounds = client.get("/api/rounds/hitl_shapes").json()
+    assert [r["run_id"] for r in rounds if "unreadable" in r] == ["manual__2b"]
+    assert client.get("/").status_code == 200
+    assert client.get("/runs/hitl_shapes/manual__2b").status_code == 200
 
 
 def test_plugin_is_registered_by_entry_point():
@@ -75,23 +263,23 @@ def test_plugin_is_registered_by_entry_point():
     assert conn["hook-class-name"] == "hitl_plugin.hooks.label_studio.LabelStudioHook"
 
 
-def test_a_report_of_the_wrong_shape_is_shown_as_unreadable(root):
-    """Issue 13, defect 11: valid JSON of the wrong shape made the page answer 500."""
-    from airflow.api_fastapi.core_api.security import get_user
+def test_the_external_views_validate_as_airflow_serves_them():
+    """The nav page, the DAG tab and the DAG-run tab, with the placeholders Airflow's UI
+    fills ({DAG_ID}, {RUN_ID}), through Airflow's own response model."""
+    from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse
 
-    from hitl_plugin.plugin import create_app
+    from hitl_plugin.plugin import HitlPlugin
 
-    bad = root / "rounds" / "hitl_shapes" / "manual__2"
-    bad.mkdir()
-    (bad / "report.json").write_text(json.dumps({"run_id": "manual__2",
-                                                 "corrections": ["not", "an", "object"]}))
-    (root / "rounds" / "hitl_shapes" / "manual__3").mkdir()  # still running: no report
-    app = create_app(root)
-    app.dependency_overrides[get_user] = lambda: object()
-    client = TestClient(app)
-    page = client.get("/")
-    assert page.status_code == 200
-    assert "manual__1" in page.text and "0.47" in page.text  # the good round still shows
-    assert "manual__2</td><td colspan=9>report unreadable" in page.text
-    rounds = client.get("/api/rounds/hitl_shapes").json()
-    assert [r["run_id"] for r in rounds if "unreadable" in r] == ["manual__2"]
+    views = {v["destination"]: ExternalViewResponse.model_validate(v)
+             for v in HitlPlugin.external_views}
+    assert views["nav"].href == "/hitl/" and views["nav"].url_route == "hitl"
+    assert views["dag"].href == "/hitl/pipelines/{DAG_ID}"
+    assert views["dag_run"].href == "/hitl/runs/{DAG_ID}/{RUN_ID}"
+    assert views["dag_run"].url_route == "hitl-run"
+    assert HitlPlugin.fastapi_apps[0]["url_prefix"] == "/hitl"
+
+
+def _folder(run_id: str) -> str:
+    from hitl_plugin.paths import safe_component
+
+    return safe_component(run_id)

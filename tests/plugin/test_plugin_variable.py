@@ -11,13 +11,17 @@ import textwrap
 CHECK = textwrap.dedent('''
     import json, sys
     from airflow.models.variable import Variable
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi.testclient import TestClient
     from hitl_plugin.plugin import create_app
 
     Variable.set("hitl_storage_root", sys.argv[1])
+    create_auth_manager()
     app = create_app()  # no root given: resolved per request
-    app.dependency_overrides[get_user] = lambda: object()
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="a",
+                                                                       role="admin")
     client = TestClient(app)
     out = {"pipelines": client.get("/api/pipelines").json(),
            "rounds": client.get("/api/rounds/from_variable").json()}
