@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hitl_plugin.exceptions import ConfigError
 
@@ -26,6 +33,9 @@ OnTimeout = Literal["continue", "fail"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 COMPLETIONS: tuple[str, ...] = get_args(Completion)
 ON_TIMEOUT: tuple[str, ...] = get_args(OnTimeout)
+#: The moments a notifier can be sent (``notifications.notifiers[].events``).
+NotifyEvent = Literal["approval_requested", "labeling_ready", "deadline_near", "round_failed"]
+NOTIFY_EVENTS: tuple[str, ...] = get_args(NotifyEvent)
 
 
 class _Section(BaseModel):
@@ -107,6 +117,135 @@ class TrainingConfig(_Section):
     )
 
 
+class NotifierConfig(_Section):
+    """One Airflow notifier (a ``BaseNotifier`` subclass), built anew for every message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    class_path: str = Field(
+        alias="class", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+        description="Import path of the notifier class, e.g. "
+        "`airflow.providers.smtp.notifications.smtp.SmtpNotifier`.",
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the class. Its templated arguments are rendered "
+        "with the task's context plus `hitl`: the moment (`hitl.event`, `hitl.subject`, "
+        "`hitl.message`, `hitl.url`, `hitl.dag_id`, `hitl.run_id`), e.g. "
+        "`subject: \"{{ hitl.subject }}\"`.",
+    )
+    events: list[NotifyEvent] | None = Field(
+        default=None,
+        description="The moments this notifier is sent: `approval_requested`, "
+        "`labeling_ready`, `deadline_near`, `round_failed`. Empty: all of them.",
+    )
+
+    @field_validator("class_path")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        notifier_class(value)
+        return value
+
+    @model_validator(mode="after")
+    def _args_fit(self) -> NotifierConfig:
+        import inspect
+
+        try:
+            inspect.signature(notifier_class(self.class_path)).bind(**self.args)
+        except TypeError as exc:
+            raise ValueError(f"args do not fit {self.class_path}: {exc}") from None
+        return self
+
+    def takes(self, event: str) -> bool:
+        """Whether this notifier is sent at ``event``."""
+        return self.events is None or event in self.events
+
+
+def notifier_class(path: str) -> type:
+    """The class at ``path``; ValueError naming what is missing (the field's error)."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {path!r}: {exc}") from None
+    except AttributeError:
+        raise ValueError(f"cannot import {path!r}: module {module!r} has no {name!r}") from None
+    if not isinstance(found, type) or not callable(getattr(found, "notify", None)):
+        raise ValueError(f"{path!r} is not a notifier class (an Airflow BaseNotifier "
+                         "subclass with a notify() method)")
+    return found
+
+
+class NotificationsConfig(_Section):
+    """Who is told when people must act: a checkpoint awaits approval, labeling tasks are
+    ready, a labeling deadline is near with tasks left, a round failed."""
+
+    notifiers: list[NotifierConfig] = Field(
+        default_factory=list,
+        description="Airflow notifiers sent at those moments (each filtered by its `events`). "
+        "A notifier that fails is logged; it never fails the round.",
+    )
+    near_deadline_hours: float | None = Field(
+        default=None, gt=0.0,
+        description="Send `deadline_near` once when the labeling wait has this many hours "
+        "left and tasks are not done (not when the whole wait is shorter). Empty: never.",
+    )
+
+    def for_event(self, event: str) -> list[NotifierConfig]:
+        """The notifiers sent at ``event``."""
+        return [n for n in self.notifiers if n.takes(event)]
+
+
+class ApproverConfig(_Section):
+    """A person who may answer the approval, as Airflow's auth manager names them."""
+
+    id: str = Field(description="The user id (SimpleAuthManager: the username; FAB: the "
+                    "numeric id as text).")
+    name: str | None = Field(default=None, description="Display name (default: the id).")
+
+
+class ApprovalConfig(_Section):
+    """The person's answer before the gate (with ``gate.require_approval: true``)."""
+
+    response_timeout_hours: float = Field(
+        default=24.0, gt=0.0,
+        description="How long the approval waits for an answer; then `on_timeout` applies.",
+    )
+    on_timeout: Literal["reject", "approve"] = Field(
+        default="reject",
+        description="No answer in time counts as this answer (Airflow's `defaults`; the "
+        "task is never retried into a second wait).",
+    )
+    on_reject: Literal["keep_current", "end_round"] = Field(
+        default="keep_current",
+        description="`keep_current`: the promoted checkpoint stays and the round goes on "
+        "with it (score, select, labeling, merge); before any promotion there is none, so "
+        "the round ends. `end_round`: the rest of the round is skipped.",
+    )
+    assigned_users: list[str | int | ApproverConfig] = Field(
+        default_factory=list,
+        description="Who may answer (ids, or `{id, name}`); empty: anyone who may edit the "
+        "DAG's human-in-the-loop tasks.",
+    )
+    notifiers: list[NotifierConfig] | None = Field(
+        default=None,
+        description="Sent when the checkpoint awaits approval. Empty: the "
+        "`notifications.notifiers` that take `approval_requested`; `[]`: none.",
+    )
+
+    def hitl_users(self) -> list[dict[str, str]]:
+        """``assigned_users`` as Airflow's ``HITLUser`` dicts ``{"id", "name"}``."""
+        users = []
+        for user in self.assigned_users:
+            if isinstance(user, ApproverConfig):
+                users.append({"id": user.id, "name": user.name or user.id})
+            else:
+                users.append({"id": str(user), "name": str(user)})
+        return users
+
+
 class GateConfig(_Section):
     """When a newly trained checkpoint replaces the promoted one."""
 
@@ -118,8 +257,20 @@ class GateConfig(_Section):
     )
     require_approval: bool = Field(
         default=False,
-        description="A person approves the checkpoint in Airflow (ApprovalOperator) first.",
+        description="A person approves the checkpoint in Airflow (ApprovalOperator) before the "
+        "gate; `approval` says how.",
     )
+    approval: ApprovalConfig = Field(
+        default_factory=ApprovalConfig,
+        description="The approval's settings (they need `require_approval: true`).",
+    )
+
+    @model_validator(mode="after")
+    def _approval_needs_the_switch(self) -> GateConfig:
+        if "approval" in self.model_fields_set and not self.require_approval:
+            raise ValueError("gate.approval is set but gate.require_approval is false: add "
+                             "`require_approval: true` to ask a person, or remove gate.approval")
+        return self
 
 
 class SelectionConfig(_Section):
@@ -318,6 +469,7 @@ class PipelineConfig(_Section):
     labeling: LabelingConfig = LabelingConfig()
     merge: MergeConfig = MergeConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     config_path: str | None = Field(
         default=None, exclude=True, description="Set by the loader: the file read."
     )

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from hitl_plugin.assets_uri import dataset_asset
 from hitl_plugin.config import COMPLETIONS, STRATEGIES, PipelineConfig, check_configs
 from hitl_plugin.exceptions import ConfigError
-from hitl_plugin.model.gate import approval_body
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,57 @@ def _params(config: PipelineConfig) -> dict[str, Param]:
     }
 
 
-def _approval_body(train_result: dict) -> str:
-    """The approval's text from the train step's result (a template filter)."""
-    return approval_body(train_result.get("metrics", {}) if isinstance(train_result, dict)
-                         else {})
+def failure_notifiers(config: PipelineConfig) -> list | None:
+    """The DAG's ``on_failure_callback``: ``round_failed`` to the notifiers that take it."""
+    from hitl_plugin.notify import HitlNotifier
+
+    notifiers = config.notifications.for_event("round_failed")
+    return [HitlNotifier(event="round_failed", notifiers=notifiers)] if notifiers else None
+
+
+def _check_notifiers(config: PipelineConfig) -> None:
+    """Build every configured notifier once, so that a bad argument value is the config's
+    import error (naming the field) rather than a warning at the moment it should notify."""
+    from hitl_plugin.notify import build
+
+    sections = [("notifications.notifiers", config.notifications.notifiers)]
+    if config.gate.approval.notifiers:
+        sections.append(("gate.approval.notifiers", config.gate.approval.notifiers))
+    for field, specs in sections:
+        for i, spec in enumerate(specs):
+            try:
+                build(spec)
+            except Exception as exc:
+                raise ConfigError(f"{config.config_path}: {field}.{i}: {spec.class_path} "
+                                  f"cannot be built from its args: {type(exc).__name__}: "
+                                  f"{exc}") from None
+
+
+def approval_operator(config: PipelineConfig, path: str, candidate: Any, **kwargs: Any):
+    """The approval task (``gate.require_approval``): Airflow's ``ApprovalOperator`` with the
+    config's timeout, default answer, people and notifiers; never retried, so that a timeout
+    does not start a second full wait.
+
+    :param candidate: the train step's result (an ``XComArg``).
+    """
+    from hitl_plugin.notify import HitlNotifier
+    from hitl_plugin.operators.approval import CheckpointApprovalOperator
+
+    approval = config.gate.approval
+    notifiers = approval.notifiers
+    if notifiers is None:
+        notifiers = config.notifications.for_event("approval_requested")
+    return CheckpointApprovalOperator(
+        task_id="approve_checkpoint", config_path=path, candidate=candidate,
+        response_timeout=timedelta(hours=approval.response_timeout_hours),
+        defaults=CheckpointApprovalOperator.REJECT if approval.on_timeout == "reject"
+        else CheckpointApprovalOperator.APPROVE,
+        assigned_users=approval.hitl_users() or None,
+        notifiers=[HitlNotifier(event="approval_requested", notifiers=notifiers)]
+        if notifiers else None,
+        retries=0,
+        **kwargs,
+    )
 
 
 def build_dag(config: PipelineConfig) -> DAG:
@@ -99,6 +146,7 @@ def build_dag(config: PipelineConfig) -> DAG:
     from hitl_plugin.sensors.label_studio import LabelsReadySensor
 
     path = config.config_path or ""
+    _check_notifiers(config)
     conn_id = "{{ var.value.get('hitl_label_studio_conn_id', '%s') }}" % config.labeling.conn_id
     with DAG(
         dag_id=config.dag_id,
@@ -111,7 +159,7 @@ def build_dag(config: PipelineConfig) -> DAG:
         render_template_as_native_obj=True,
         default_args={"retries": 1, "retry_delay": timedelta(seconds=10)},
         tags=["hitl", config.dataset.name],
-        user_defined_filters={"hitl_approval_body": _approval_body},
+        on_failure_callback=failure_notifiers(config),
         doc_md=f"Pipeline config: `{path}`. Each run is one round: train, evaluate, gate, "
         "score, select, submit to Label Studio, wait for people, collect, merge.",
     ) as dag:
@@ -123,17 +171,12 @@ def build_dag(config: PipelineConfig) -> DAG:
             task_id="train", config_path=path, version=version,
             epochs="{{ params.epochs }}", imgsz="{{ params.imgsz }}", **model_queue,
         )
-        promote = PromoteModelOperator(task_id="gate", config_path=path, candidate=train.output)
-        if config.gate.require_approval:
-            from airflow.providers.standard.operators.hitl import ApprovalOperator
-
-            approve = ApprovalOperator(
-                task_id="approve_checkpoint",
-                subject="Promote the new checkpoint of {{ dag.dag_id }}?",
-                body="{{ ti.xcom_pull(task_ids='train') | hitl_approval_body }}",
-                execution_timeout=timedelta(hours=config.labeling.timeout_hours),
-            )
-            train >> approve >> promote
+        # With an approval, the gate applies the person's answer (gate.approval.on_reject).
+        approve = (approval_operator(config, path, train.output)
+                   if config.gate.require_approval else None)
+        promote = PromoteModelOperator(
+            task_id="gate", config_path=path, candidate=train.output,
+            approval=approve.output if approve is not None else None)
         score = ScoreSamplesOperator(
             task_id="score", config_path=path, checkpoint=promote.output["checkpoint"],
             version=version, imgsz="{{ params.imgsz }}", **model_queue,

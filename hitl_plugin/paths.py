@@ -136,6 +136,20 @@ class RoundPaths:
         return self.dir / f".ls-project-{safe_component(title)[:100]}.lock"
 
     @property
+    def approval(self) -> Path:
+        """The person's answer to the checkpoint approval, as the gate read it (gate step)."""
+        return self.dir / "approval.json"
+
+    @property
+    def ended(self) -> Path:
+        """Written when the round ended at the gate (a rejected checkpoint): why, by whom."""
+        return self.dir / "ended.json"
+
+    def notified(self, event: str) -> Path:
+        """The record of a notification sent once per round (``labeling_ready``, ...)."""
+        return self.dir / "notifications" / f"{safe_component(event)}.json"
+
+    @property
     def workers(self) -> Path:
         """Folder of the records of which worker ran each task try of the round."""
         return self.dir / "workers"

@@ -379,12 +379,17 @@ class GateResult(TypedDict):
     """The promotion decision; ``checkpoint`` is the one to use from now on."""
 
     promoted: bool
-    checkpoint: str
-    model_version: str
+    #: None only when the round ended at the gate with nothing promoted ever
+    checkpoint: str | None
+    model_version: str | None
     metrics: EvalMetrics
     candidate: float | None
     current: float | None
     reason: str
+    #: set when the round ended at the gate: ``checkpoint rejected by <who>``
+    ended: NotRequired[str | None]
+    #: with ``gate.require_approval``: ``{"approved", "by", "timed_out", "at"}``
+    approval: NotRequired[dict]
 
 
 class ScoreResult(TypedDict):

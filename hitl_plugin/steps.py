@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from hitl_plugin import package_version
 from hitl_plugin.config import COMPLETIONS, ON_TIMEOUT, PipelineConfig, load_config, storage_root
@@ -53,7 +53,11 @@ from hitl_plugin.schemas import (
 if TYPE_CHECKING:
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.labeling.client import LabelStudioClient
-    from hitl_plugin.labeling.wait import LabelsErrorEventPayload, LabelsReadyEventPayload
+    from hitl_plugin.labeling.wait import (
+        LabelsDeadlineNearEventPayload,
+        LabelsErrorEventPayload,
+        LabelsReadyEventPayload,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -289,22 +293,67 @@ def train(rnd: Round, *, version: str | None = None, epochs: int | None = None,
 # -- gate ---------------------------------------------------------------------------------
 
 
-def gate(rnd: Round, *, candidate: TrainResult) -> GateResult:
+def approval_request(rnd: Round, *, candidate: TrainResult) -> tuple[str, str]:
+    """The approval's subject and Markdown body: the candidate's held-out metrics beside
+    the promoted checkpoint's, and what Approve, Reject and no answer do under the config."""
+    from hitl_plugin.model.gate import approval_body, promoted
+
+    gate_cfg = rnd.config.gate
+    approval = gate_cfg.approval
+    metrics = candidate.get("metrics") if isinstance(candidate, dict) else None
+    body = approval_body(metrics or {}, promoted(rnd.root, rnd.dag_id), metric=gate_cfg.metric,
+                         margin=gate_cfg.margin, on_reject=approval.on_reject,
+                         on_timeout=approval.on_timeout,
+                         timeout_hours=approval.response_timeout_hours)
+    return f"Promote the new checkpoint of {rnd.dag_id}?", body
+
+
+def gate(rnd: Round, *, candidate: TrainResult, approval: dict | None = None) -> GateResult:
     """Promote the candidate checkpoint if it beats the promoted one on the held-out metric.
+
+    With ``approval`` (the approval step's answer, ``gate.require_approval``): Approve lets
+    the rule above decide; Reject (or no answer with ``on_timeout: reject``) promotes
+    nothing and, by ``gate.approval.on_reject``, keeps the promoted checkpoint for the rest
+    of the round or ends the round: then ``ended`` says why and by whom, and ``ended.json``
+    in the round folder records it.
 
     Idempotent: a retry after a promotion returns the same answer.
     """
-    from hitl_plugin.model.gate import apply_gate
+    from hitl_plugin.model.gate import apply_gate, apply_rejection, read_approval
 
     for key in ("checkpoint", "metrics"):
         if not isinstance(candidate, dict) or key not in candidate:
             raise ArgumentError(f"candidate must be the train step's result (with {key!r}), "
                                 f"got {type(candidate).__name__}")
-    verdict = apply_gate(
-        rnd.root, rnd.dag_id, rnd.run_id, candidate["checkpoint"], candidate["metrics"],
-        metric=rnd.config.gate.metric, margin=rnd.config.gate.margin,
-        lineage=candidate.get("lineage"))
-    log.info("Gate: %s (promoted: %s)", verdict["reason"], verdict["promoted"])
+    gate_cfg = rnd.config.gate
+    answer = None
+    if approval is not None:
+        try:
+            answer = read_approval(approval)
+        except ValueError as exc:
+            raise ArgumentError(str(exc)) from None
+        write_json_atomic(rnd.paths.approval, answer)
+    if answer is not None and not answer["approved"]:
+        verdict = apply_rejection(
+            rnd.root, rnd.dag_id, rnd.run_id, answer=answer,
+            on_reject=gate_cfg.approval.on_reject, metric=gate_cfg.metric,
+            candidate_metrics=candidate["metrics"],
+            timeout_hours=gate_cfg.approval.response_timeout_hours)
+    else:
+        verdict = apply_gate(
+            rnd.root, rnd.dag_id, rnd.run_id, candidate["checkpoint"], candidate["metrics"],
+            metric=gate_cfg.metric, margin=gate_cfg.margin, lineage=candidate.get("lineage"))
+        verdict["ended"] = None
+    if answer is not None:
+        verdict["approval"] = answer
+    if verdict["ended"]:
+        write_json_atomic(rnd.paths.ended, {
+            "ended": verdict["ended"], "reason": verdict["reason"], "step": "gate",
+            "approval": answer, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        log.warning("Round %s ended at the gate: %s", rnd.run_id, verdict["reason"])
+    else:
+        rnd.paths.ended.unlink(missing_ok=True)  # an earlier try's rejection, answered anew
+        log.info("Gate: %s (promoted: %s)", verdict["reason"], verdict["promoted"])
     return verdict  # type: ignore[return-value]
 
 
@@ -467,6 +516,9 @@ class WaitPlan(TypedDict):
     poke_interval: float
     #: the most people a task of the round needs (``labeling.annotators_per_task``)
     annotators: int
+    #: when to warn that the deadline is near (``notifications.near_deadline_hours``, with a
+    #: notifier that takes ``deadline_near``); None: no warning
+    warn_at: NotRequired[str | None]
 
 
 def plan_wait(rnd: Round, *, task_id: str, submissions: Iterable[SubmitResult] | None = None,
@@ -483,7 +535,7 @@ def plan_wait(rnd: Round, *, task_id: str, submissions: Iterable[SubmitResult] |
     :raises ArgumentError: for a value outside its choices, or no single project.
     """
     from hitl_plugin.labeling.submit import project_and_expected
-    from hitl_plugin.labeling.wait import deadline_after, to_deadline
+    from hitl_plugin.labeling.wait import deadline_after, to_deadline, warn_at
 
     lab = rnd.config.labeling
     completion = completion or lab.completion
@@ -510,12 +562,17 @@ def plan_wait(rnd: Round, *, task_id: str, submissions: Iterable[SubmitResult] |
         deadline = deadline_after(seconds)
         write_json_atomic(path, {"deadline": deadline.isoformat(), "timeout_s": seconds,
                                  "max_tries": try_series})
+    notes = rnd.config.notifications
+    warn = warn_at(deadline, timeout_s=seconds,
+                   near_s=(notes.near_deadline_hours or 0) * 3600.0
+                   if notes.for_event("deadline_near") else None)
     return {"project_id": project, "expected": expected, "dag_id": rnd.dag_id,
             "run_id": rnd.run_id, "completion": completion, "min_fraction": min_fraction,
             "on_timeout": on_timeout, "deadline": deadline.isoformat(),
             "poke_interval": float(poke_interval if poke_interval is not None
                                    else lab.poke_interval),
-            "annotators": lab.annotators_per_task if _overlapped(rnd) else 1}
+            "annotators": lab.annotators_per_task if _overlapped(rnd) else 1,
+            "warn_at": warn.isoformat() if warn is not None else None}
 
 
 def _overlapped(rnd: Round) -> bool:
@@ -526,22 +583,30 @@ def _overlapped(rnd: Round) -> bool:
 
 
 def check_wait(client: LabelStudioClient, plan: WaitPlan, *, now: datetime | None = None
-               ) -> LabelsReadyEventPayload | LabelsErrorEventPayload | None:
+               ) -> (LabelsReadyEventPayload | LabelsErrorEventPayload
+                     | LabelsDeadlineNearEventPayload | None):
     """Count the round's finished tasks once and apply the completion policy.
 
-    :return: the event that ends the wait, or None to wait on.
+    :return: the event that ends the wait; a ``deadline_near`` event when the plan's
+        ``warn_at`` passed with tasks left (the wait goes on); or None to wait on.
     """
     from hitl_plugin.labeling.client import round_counts_sync
-    from hitl_plugin.labeling.wait import decide, to_deadline
+    from hitl_plugin.labeling.wait import decide, near_deadline, to_deadline
 
     counts = round_counts_sync(client, plan["project_id"], plan["dag_id"], plan["run_id"],
                                plan.get("annotators", 1))
     log.info("Round %s: %s/%s tasks done (%s annotated, %s skipped)", plan["run_id"],
              counts["completed"], max(counts["total"], plan["expected"] or 0),
              counts["annotated"], counts["skipped"])
-    return decide(counts, expected=plan["expected"], completion=plan["completion"],
-                  min_fraction=plan["min_fraction"], on_timeout=plan["on_timeout"],
-                  now=now or datetime.now(timezone.utc), deadline=to_deadline(plan["deadline"]))
+    now = now or datetime.now(timezone.utc)
+    deadline = to_deadline(plan["deadline"])
+    event = decide(counts, expected=plan["expected"], completion=plan["completion"],
+                   min_fraction=plan["min_fraction"], on_timeout=plan["on_timeout"],
+                   now=now, deadline=deadline)
+    if event is None and plan.get("warn_at"):
+        return near_deadline(counts, expected=plan["expected"],
+                             warn=to_deadline(plan["warn_at"]), now=now, deadline=deadline)
+    return event
 
 
 def wait_error(exc: Exception, plan: WaitPlan, *, conn_id: str,
@@ -649,6 +714,6 @@ def report(rnd: Round, *, base_version: str, train: TrainResult, gate: GateResul
     return {"report": rep["report"], "plot": rep["plot"]}
 
 
-__all__ = ["Round", "WaitPlan", "check_wait", "checked_batch", "collect", "finish_wait",
-           "gate", "wait_error", "merge", "plan_wait", "prepare", "report", "score",
+__all__ = ["Round", "WaitPlan", "approval_request", "check_wait", "checked_batch", "collect",
+           "finish_wait", "gate", "wait_error", "merge", "plan_wait", "prepare", "report", "score",
            "select", "submit", "train", "warm_start"]

@@ -15,6 +15,7 @@ _CLASSES = {
     "RoundReportOperator": "dataset",
     "YoloTrainOperator": "model",
     "PromoteModelOperator": "model",
+    "CheckpointApprovalOperator": "approval",
     "ScoreSamplesOperator": "selection",
     "SelectSamplesOperator": "selection",
     "SubmitForLabelingOperator": "labeling",

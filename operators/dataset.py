@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hitl_plugin.operators.base import HitlOperator
+from hitl_plugin.operators.links import RoundReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -44,6 +45,7 @@ class RoundReportOperator(HitlOperator):
 
     template_fields: Sequence[str] = ("config_path", "base_version", "train", "gate", "merge",
                                       "retrain")
+    operator_extra_links = (RoundReportLink(),)
 
     def __init__(self, *, config_path: str, base_version: Any, train: Any, gate: Any,
                  merge: Any, retrain: Any = None, **kwargs: Any) -> None:

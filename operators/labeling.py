@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from hitl_plugin.operators.base import HitlOperator
+from hitl_plugin.operators.links import LabelStudioProjectLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -29,6 +30,7 @@ class SubmitForLabelingOperator(HitlOperator):
 
     template_fields: Sequence[str] = ("config_path", "batch", "model_version",
                                       "label_studio_conn_id")
+    operator_extra_links = (LabelStudioProjectLink(),)
 
     def __init__(self, *, config_path: str, batch: Any, model_version: Any = None,
                  label_studio_conn_id: str = "label_studio_default", **kwargs: Any) -> None:

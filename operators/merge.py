@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
 from hitl_plugin.operators.base import HitlOperator
+from hitl_plugin.operators.links import RoundReportLink
 
 from hitl_plugin.assets_uri import dataset_asset, dataset_asset_uri
 
@@ -36,6 +37,7 @@ class MergeCorrectionsOperator(HitlOperator):
     """
 
     template_fields: Sequence[str] = ("config_path", "corrections", "base_version")
+    operator_extra_links = (RoundReportLink(),)
     ui_color = "#d9f2e6"
 
     def __init__(self, *, config_path: str, corrections: Any, base_version: Any = None,

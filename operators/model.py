@@ -3,8 +3,8 @@
 ``YoloTrainOperator`` trains and then evaluates (one task: the evaluation needs the
 checkpoint on the same machine, a GPU worker included, and is short next to training);
 ``PromoteModelOperator`` applies the gate. With ``gate.require_approval`` the DAG puts
-Airflow's ``ApprovalOperator`` between the two, with
-:func:`hitl_plugin.model.gate.approval_body` as its text.
+:class:`~hitl_plugin.operators.approval.CheckpointApprovalOperator` (Airflow's
+``ApprovalOperator``) between the two, and the gate applies the person's answer.
 
 Nothing heavy is imported here: torch and Ultralytics load inside the steps.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.bases.skipmixin import SkipMixin
 from hitl_plugin.operators.base import HitlOperator
 
 if TYPE_CHECKING:
@@ -59,24 +60,44 @@ class YoloTrainOperator(HitlOperator):
                            imgsz=optional_int(self.imgsz, "imgsz", 32), name=self.name)
 
 
-class PromoteModelOperator(HitlOperator):
+class PromoteModelOperator(HitlOperator, SkipMixin):
     """Promote the new checkpoint if it beats the promoted one on the held-out metric.
 
     See :func:`hitl_plugin.steps.gate`. Returns a :class:`~hitl_plugin.schemas.GateResult`:
     ``checkpoint`` is the one to use from now on (the promoted one); a retry after a
     promotion returns the same answer.
 
+    With ``approval`` (the approval task's answer): a Reject promotes nothing; the round
+    goes on with the promoted checkpoint, or, when it ends (``gate.approval.on_reject:
+    end_round``, or nothing promoted yet), this task succeeds with ``ended`` in its result
+    and skips the tasks after it (the rest of the round).
+
     :param config_path: the pipeline YAML file.
     :param candidate: the train step's result.
+    :param approval: the approval task's result (``gate.require_approval``), or None.
     """
 
-    template_fields: Sequence[str] = ("config_path", "candidate")
+    template_fields: Sequence[str] = ("config_path", "candidate", "approval")
+    inherits_from_skipmixin = True
 
-    def __init__(self, *, config_path: str, candidate: Any, **kwargs: Any) -> None:
+    def __init__(self, *, config_path: str, candidate: Any, approval: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(config_path=config_path, **kwargs)
         self.candidate = candidate
+        self.approval = approval
 
     def execute(self, context: Context) -> GateResult:
         from hitl_plugin import steps
 
-        return steps.gate(self.round(context), candidate=self.candidate)
+        result = steps.gate(self.round(context), candidate=self.candidate,
+                            approval=self.approval)
+        if result.get("ended"):
+            # Skipping ends the task before its result is pushed: push it first.
+            ti = context["ti"]
+            for key, value in result.items():
+                ti.xcom_push(key=key, value=value)
+            ti.xcom_push(key="return_value", value=result)
+            self.log.warning("Round ended: %s; skipping the rest of the round",
+                             result["ended"])
+            self.skip(ti=ti, tasks=context["task"].get_direct_relatives(upstream=False))
+        return result

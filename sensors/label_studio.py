@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 from hitl_plugin.operators.base import HitlTaskMixin
+from hitl_plugin.operators.links import LabelStudioProjectLink
 
 from hitl_plugin.exceptions import LabelsNotReadyError
 
@@ -29,6 +30,11 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
     Returns ``{"project_id", "total", "completed", "annotated", "skipped", "fraction",
     "complete", "deadline"}``.
 
+    Notifications (``notifications`` in the config, :mod:`hitl_plugin.notify`): when the
+    first poke finds the round not done, ``labeling_ready`` (once per round); when
+    ``notifications.near_deadline_hours`` are left with tasks not done, ``deadline_near``
+    (once per deadline): the trigger ends early for it, the sensor sends it and defers again.
+
     :param config_path: the pipeline YAML (defaults for the policy, storage root).
     :param submissions: the submit step's results (their ``project_id`` and counts).
     :param project_id: the Label Studio project, when no ``submissions`` are given.
@@ -47,6 +53,7 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
     template_fields: Sequence[str] = (
         "config_path", "submissions", "project_id", "round_dag_id", "round_run_id",
         "completion", "min_fraction", "on_timeout", "label_studio_conn_id")
+    operator_extra_links = (LabelStudioProjectLink(),)
 
     def __init__(
         self,
@@ -85,6 +92,8 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
         self.deferrable = deferrable
         self.label_studio_conn_id = label_studio_conn_id
         self._plan: WaitPlan | None = None
+        self._round: Any = None
+        self._ls_url: str | None = None
 
     def _make_plan(self, context: Context) -> WaitPlan:
         from hitl_plugin import steps
@@ -105,12 +114,41 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
             poke_interval=self.poke_interval if self.poke_interval_given else None,
             try_series=getattr(context.get("ti"), "max_tries", None))
         self.poke_interval = plan["poke_interval"]
+        self._round = rnd
+        if plan.get("warn_at"):
+            from hitl_plugin.notify import already_sent
+
+            if already_sent(rnd, "deadline_near", key=plan["deadline"]):
+                plan["warn_at"] = None
         return plan
+
+    def _tell(self, context: Context, event: dict | None) -> None:
+        """Send ``labeling_ready`` (``event`` None) or ``deadline_near``, once."""
+        from hitl_plugin import notify
+
+        plan, rnd = self._plan, self._round
+        if plan is None or rnd is None:
+            return
+        url = f"{self._ls_url}/projects/{plan['project_id']}/data" if self._ls_url else None
+        if event is None:
+            message = notify.labeling_ready(
+                dag_id=plan["dag_id"], run_id=plan["run_id"], project_id=plan["project_id"],
+                tasks=plan["expected"], deadline=plan["deadline"], url=url)
+            key = None
+        else:
+            message = notify.deadline_near(
+                dag_id=plan["dag_id"], run_id=plan["run_id"], project_id=plan["project_id"],
+                total=event["total"], completed=event["completed"], deadline=plan["deadline"],
+                url=url)
+            key = plan["deadline"]
+            plan["warn_at"] = None  # warned: wait on without it
+        notify.send_once(rnd, message, context, rnd.config.notifications.notifiers, key=key)
 
     def _check(self, plan: WaitPlan) -> dict | None:
         from hitl_plugin import steps
 
         with self.label_studio(self.label_studio_conn_id, retries=2) as client:
+            self._ls_url = client.url
             return steps.check_wait(client, plan)
 
     def poke(self, context: Context) -> Any:
@@ -128,7 +166,10 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
             if event is None:
                 self.log.warning("Polling Label Studio failed (%s); polling on", exc)
                 return False
-        if event is None:
+        if event is None or event["status"] == "deadline_near":
+            self._tell(context, None)  # once: the round's tasks are ready for people
+            if event is not None:
+                self._tell(context, event)
             return False
         return PokeReturnValue(True, self._result(event, self._plan["project_id"]))
 
@@ -137,8 +178,6 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
         if not self.deferrable:
             return super().execute(context)
         from hitl_plugin.exceptions import LabelStudioError
-        from hitl_plugin.labeling.wait import to_deadline
-        from hitl_plugin.triggers.label_studio import LabelsReadyTrigger
 
         try:
             event = self._check(plan)
@@ -148,8 +187,17 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
             # The trigger rides out an outage (with backoff) until the deadline.
             self.log.warning("First poke failed (%s); deferring anyway", exc)
             event = None
-        if event is not None:
+        near = event is not None and event["status"] == "deadline_near"
+        if event is not None and not near:
             return self._result(event, plan["project_id"])
+        self._tell(context, None)  # the round's tasks are ready for people
+        if near:
+            self._tell(context, event)
+        self._defer(plan)
+
+    def _defer(self, plan: WaitPlan) -> None:
+        from hitl_plugin.labeling.wait import to_deadline
+        from hitl_plugin.triggers.label_studio import LabelsReadyTrigger
 
         deadline = to_deadline(plan["deadline"])
         remaining = (deadline - datetime.now(timezone.utc)).total_seconds()
@@ -160,17 +208,24 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
                 dag_id=plan["dag_id"], run_id=plan["run_id"], deadline=deadline,
                 expected=plan["expected"], completion=plan["completion"],
                 min_fraction=plan["min_fraction"], on_timeout=plan["on_timeout"],
-                poke_interval=plan["poke_interval"], annotators=plan["annotators"]),
+                poke_interval=plan["poke_interval"], annotators=plan["annotators"],
+                warn_at=plan.get("warn_at")),
             method_name="execute_complete",
             # A safety net only: the trigger itself ends at the deadline.
             timeout=timedelta(seconds=max(0.0, remaining)
                               + max(600.0, 4 * plan["poke_interval"])),
-            kwargs={"project_id": plan["project_id"]},
+            kwargs={"project_id": plan["project_id"], "url": self._ls_url},
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any],
-                         project_id: int | None = None) -> WaitResult:
-        """Resume after the trigger: raise on an error event, else return the counts."""
+                         project_id: int | None = None, url: str | None = None) -> WaitResult:
+        """Resume after the trigger: raise on an error event, else return the counts; after a
+        ``deadline_near`` event, tell people and defer again (same absolute deadline)."""
+        if isinstance(event, dict) and event.get("status") == "deadline_near":
+            self._plan = plan = self._make_plan(context)
+            self._ls_url = url
+            self._tell(context, event)
+            self._defer(plan)
         return self._result(event, project_id)
 
     def _result(self, event: dict[str, Any], project_id: int | None) -> WaitResult:

@@ -20,8 +20,9 @@ from typing import Literal, TypedDict
 from hitl_plugin.config import Completion, OnTimeout
 
 ErrorType = Literal["timeout", "service_unavailable", "auth", "not_found", "config"]
-__all__ = ["Completion", "ErrorType", "LabelsErrorEventPayload", "LabelsReadyEventPayload",
-           "OnTimeout", "deadline_after", "decide", "error_event", "to_deadline"]
+__all__ = ["Completion", "ErrorType", "LabelsDeadlineNearEventPayload", "LabelsErrorEventPayload",
+           "LabelsReadyEventPayload", "OnTimeout", "deadline_after", "decide", "error_event",
+           "near_deadline", "to_deadline", "warn_at"]
 
 
 class LabelsReadyEventPayload(TypedDict):
@@ -46,6 +47,20 @@ class LabelsErrorEventPayload(TypedDict):
     total: int
     completed: int
     deadline: str
+
+
+class LabelsDeadlineNearEventPayload(TypedDict):
+    """Not an end: the warning time passed with tasks left; the sensor tells people and
+    waits on (``notifications.near_deadline_hours``)."""
+
+    status: Literal["deadline_near"]
+    total: int
+    completed: int
+    annotated: int
+    skipped: int
+    fraction: float
+    deadline: str
+    message: str
 
 
 def to_deadline(value: datetime | str | float | int) -> datetime:
@@ -135,3 +150,32 @@ def error_event(exc: Exception, *, conn_id: str, project_id: int, deadline: date
     return LabelsErrorEventPayload(status="error", error_type=error_type,
                                    error=f"{what}: {exc}", total=expected or 0,
                                    completed=0, deadline=deadline.isoformat())
+
+
+def warn_at(deadline: datetime, *, timeout_s: float, near_s: float | None) -> datetime | None:
+    """When to warn that the deadline is near: ``near_s`` before it, or None when there is
+    no warning or the whole wait (``timeout_s``) is not longer than the warning window."""
+    if not near_s or near_s >= timeout_s:
+        return None
+    return deadline - timedelta(seconds=float(near_s))
+
+
+def near_deadline(counts: dict[str, int], *, expected: int | None, warn: datetime | None,
+                  now: datetime, deadline: datetime) -> LabelsDeadlineNearEventPayload | None:
+    """The warning event when ``warn`` has passed and tasks are left, else None.
+
+    Apply it after :func:`decide` found the wait not over.
+    """
+    if warn is None or now < warn:
+        return None
+    total, completed = int(counts.get("total", 0)), int(counts.get("completed", 0))
+    denominator = max(int(expected or 0), total)
+    if completed >= denominator:
+        return None
+    return LabelsDeadlineNearEventPayload(
+        status="deadline_near", total=denominator, completed=completed,
+        annotated=int(counts.get("annotated", 0)), skipped=int(counts.get("skipped", 0)),
+        fraction=round(completed / denominator, 6) if denominator else 1.0,
+        deadline=deadline.isoformat(),
+        message=f"{denominator - completed} of {denominator} tasks left; deadline "
+                f"{deadline.isoformat()}")

@@ -140,26 +140,136 @@ def apply_gate(
             "current": verdict["current"], "reason": verdict["reason"]}
 
 
-def approval_body(metrics: dict) -> str:
-    """Markdown for Airflow's ApprovalOperator: the candidate's metrics against the current."""
+def read_approval(answer: object) -> dict:
+    """The approval step's answer as ``{"approved", "by", "timed_out", "at"}``.
+
+    Takes the XCom of :class:`~hitl_plugin.operators.model.CheckpointApprovalOperator` (or
+    Airflow's own ``ApprovalOperator``: ``chosen_options``, ``responded_by_user``).
+
+    :raises ValueError: for anything else, rather than guessing an answer.
+    """
+    if not isinstance(answer, dict) or not isinstance(answer.get("chosen_options"), list):
+        raise ValueError(f"approval must be the approval step's result (with 'chosen_options'), "
+                         f"got {answer!r}")
+    chosen = answer["chosen_options"]
+    if chosen not in (["Approve"], ["Reject"]):
+        raise ValueError(f"approval chose {chosen!r}; expected ['Approve'] or ['Reject']")
+    user = answer.get("responded_by_user")
+    by = None
+    if isinstance(user, dict):
+        by = user.get("name") or user.get("id")
+    return {"approved": chosen == ["Approve"], "by": by,
+            "timed_out": bool(answer.get("timed_out")), "at": answer.get("responded_at")}
+
+
+def who_answered(answer: dict, timeout_hours: float | None = None) -> str:
+    """``alice``, or ``nobody (no answer within 24 h)`` for a timeout's default."""
+    if answer.get("by"):
+        return str(answer["by"])
+    within = f" within {timeout_hours:g} h" if timeout_hours else ""
+    return f"nobody (no answer{within})"
+
+
+def apply_rejection(root: str | os.PathLike[str], dag_id: str, run_id: str, *,
+                    answer: dict, on_reject: str, metric: str = "map50_95",
+                    candidate_metrics: dict | None = None,
+                    timeout_hours: float | None = None) -> dict:
+    """The gate's result when a person rejected the candidate (or the timeout did).
+
+    ``keep_current``: the promoted checkpoint stays and the round goes on with it; before
+    any promotion there is nothing to go on with, so the round ends. ``end_round``: the
+    round ends. Nothing is promoted either way; an ended round has ``ended`` set.
+
+    :return: a gate result (see :func:`apply_gate`) plus ``ended`` (None or the reason).
+    """
+    who = who_answered(answer, timeout_hours)
+    current = promoted(root, dag_id)
+    candidate = (candidate_metrics or {}).get(metric)
+    ended = None
+    if on_reject == "end_round":
+        ended = f"checkpoint rejected by {who}"
+        reason = f"{ended}; gate.approval.on_reject is end_round: the round ends here"
+    elif current is None:
+        ended = f"checkpoint rejected by {who}"
+        reason = (f"{ended}; no checkpoint was promoted before, so there is none to go on "
+                  "with: the round ends here (approve a checkpoint to start the loop)")
+    elif current.get("run_id") == run_id:
+        reason = (f"checkpoint rejected by {who}, but an earlier try of this run had already "
+                  "promoted it; it stays promoted")
+    else:
+        reason = (f"checkpoint rejected by {who}: keeping the checkpoint of run "
+                  f"{current.get('run_id')}")
+    if current is None:
+        return {"promoted": False, "checkpoint": None, "model_version": None, "metrics": {},
+                "candidate": candidate, "current": None, "reason": reason, "ended": ended}
+    return {"promoted": False, "checkpoint": current["checkpoint"],
+            "model_version": current.get("model_version", f"{dag_id}/{current.get('run_id')}"),
+            "metrics": current["metrics"], "candidate": candidate,
+            "current": current["metrics"].get(metric), "reason": reason, "ended": ended}
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def approval_body(metrics: dict, current: dict | None = None, *, metric: str = "map50_95",
+                  margin: float = 0.0, on_reject: str = "keep_current",
+                  on_timeout: str = "reject", timeout_hours: float | None = None) -> str:
+    """Markdown for the approval: the candidate's metrics beside the promoted checkpoint's,
+    and what each answer does under the config.
+
+    :param metrics: the candidate's held-out metrics (the train step's ``metrics``).
+    :param current: the promoted record (:func:`promoted`), None before any promotion.
+    :param metric: ``gate.metric``; :param margin: ``gate.margin``.
+    :param on_reject: ``gate.approval.on_reject``; :param on_timeout: its ``on_timeout``.
+    :param timeout_hours: ``gate.approval.response_timeout_hours``.
+    """
     if not metrics:
         return "No metrics were recorded for this checkpoint."
-    lines = ["**Candidate checkpoint** (clean held-out set)", "",
-             "| metric | value |", "|---|---|"]
+    now = (current or {}).get("metrics") or {}
+    head = f"currently promoted (run {current.get('run_id')})" if current else \
+        "currently promoted"
+    lines = ["**Candidate checkpoint against the promoted one** (clean held-out set)", "",
+             f"| metric | {head} | candidate |", "|---|---|---|"]
     for key in ("map50_95", "map50", "n_images", "n_predictions"):
-        if key in metrics and metrics[key] is not None:
-            value = metrics[key]
-            lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float)
-                         else f"| {key} | {value} |")
+        if metrics.get(key) is not None or now.get(key) is not None:
+            lines.append(f"| {key} | {_cell(now.get(key)) if current else 'none yet'} | "
+                         f"{_cell(metrics.get(key))} |")
     per_class = metrics.get("per_class") or {}
-    if per_class:
-        lines += ["", "| class | AP50-95 |", "|---|---|"]
-        lines += [f"| {name} | {float(ap):.4f} |" for name, ap in per_class.items()]
-    current = metrics.get("current_map50_95")
-    if current is not None:
-        lines += ["", f"Currently promoted: mAP50-95 {float(current):.4f}."]
+    current_class = now.get("per_class") or {}
+    if per_class or current_class:
+        lines += ["", "| class | AP50-95 promoted | AP50-95 candidate |", "|---|---|---|"]
+        for name in list(per_class) + [n for n in current_class if n not in per_class]:
+            have, new = current_class.get(name), per_class.get(name)
+            lines.append(f"| {name} | {_cell(None if have is None else float(have))} | "
+                         f"{_cell(None if new is None else float(new))} |")
     if metrics.get("checkpoint"):
         lines += ["", f"Checkpoint: `{metrics['checkpoint']}`"]
-    lines += ["", "Approve to let the gate promote it if it beats the current checkpoint; "
-              "reject to keep the current one."]
+
+    value = metrics.get(metric)
+    if current is None:
+        gate = "nothing is promoted yet, so the gate promotes it"
+    elif value is None or now.get(metric) is None:
+        gate = f"the gate compares {metric}"
+    elif float(value) > float(now[metric]) + margin:
+        gate = (f"its {metric} {float(value):.4f} beats {float(now[metric]):.4f} + margin "
+                f"{margin:g}, so the gate promotes it")
+    else:
+        gate = (f"its {metric} {float(value):.4f} does not beat {float(now[metric]):.4f} + "
+                f"margin {margin:g}, so the gate keeps the current one")
+    if on_reject == "end_round":
+        reject = ("nothing is promoted and the rest of this round is skipped (no scoring, "
+                  "labeling or merge)")
+    elif current is None:
+        reject = ("nothing is promoted; as no checkpoint was promoted before, there is none to "
+                  "go on with, and the rest of this round is skipped")
+    else:
+        reject = (f"the checkpoint of run {current.get('run_id')} stays promoted and this round "
+                  "goes on with it: scoring, selection, labeling and merge still happen")
+    lines += ["", f"- **Approve**: {gate}.", f"- **Reject**: {reject}."]
+    if timeout_hours:
+        lines.append(f"- **No answer within {timeout_hours:g} h** counts as "
+                     f"{'Reject' if on_timeout == 'reject' else 'Approve'}.")
     return "\n".join(lines)

@@ -3,7 +3,10 @@
 It polls Label Studio with server-side filtered COUNT queries (total, annotated, skipped-only
 tasks of the round), never downloading the tasks, and ends with one typed event
 (``success``, ``partial`` or ``error``) decided by the completion policy of
-:mod:`hitl_plugin.labeling.wait`, the one the sensor's first poke applies too. The class path
+:mod:`hitl_plugin.labeling.wait`, the one the sensor's first poke applies too. Given
+``warn_at``, it ends early once with a ``deadline_near`` event when that time passes with
+tasks left: the sensor tells people (``notifications``) and defers again without it. The
+class path
 ``hitl_plugin.triggers.label_studio.LabelsReadyTrigger`` is kept: deferred waits store it.
 
 Its state is JSON (:meth:`LabelsReadyTrigger.serialize`), including the absolute deadline, so a
@@ -22,18 +25,21 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from hitl_plugin.labeling.wait import (
     Completion,
+    LabelsDeadlineNearEventPayload,
     LabelsErrorEventPayload,
     LabelsReadyEventPayload,
     OnTimeout,
     deadline_after,
     decide,
     error_event,
+    near_deadline,
     to_deadline,
 )
 
 # Re-exported: the sensor and older code import these names from here.
-__all__ = ["LabelsErrorEventPayload", "LabelsReadyEventPayload", "LabelsReadyTrigger",
-           "deadline_after", "decide", "to_deadline"]
+__all__ = ["LabelsDeadlineNearEventPayload", "LabelsErrorEventPayload",
+           "LabelsReadyEventPayload", "LabelsReadyTrigger", "deadline_after", "decide",
+           "to_deadline"]
 
 
 class LabelsReadyTrigger(BaseTrigger):
@@ -52,6 +58,9 @@ class LabelsReadyTrigger(BaseTrigger):
     :param max_backoff: longest sleep after consecutive errors.
     :param annotators: the most people a task of the round needs (``labeling.annotators_per_task``
         with overlap; 1 otherwise, and for triggers serialized before it existed).
+    :param warn_at: absolute time after which, with tasks left, the trigger ends early with a
+        ``deadline_near`` event (the sensor tells people, then defers again without it);
+        None: no warning (also for triggers serialized before it existed).
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class LabelsReadyTrigger(BaseTrigger):
         poke_interval: float = 30.0,
         max_backoff: float = 300.0,
         annotators: int = 1,
+        warn_at: datetime | str | float | None = None,
         **kwargs: Any,
     ) -> None:
         # Extra kwargs: tolerate arguments that older serialized triggers still carry.
@@ -85,6 +95,7 @@ class LabelsReadyTrigger(BaseTrigger):
         self.poke_interval = float(poke_interval)
         self.max_backoff = float(max_backoff)
         self.annotators = int(annotators)
+        self.warn_at = None if warn_at is None else to_deadline(warn_at)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -102,14 +113,20 @@ class LabelsReadyTrigger(BaseTrigger):
                 "poke_interval": self.poke_interval,
                 "max_backoff": self.max_backoff,
                 "annotators": self.annotators,
+                "warn_at": self.warn_at.isoformat() if self.warn_at is not None else None,
             },
         )
 
     # -- branches: each returns an event (terminal) or None ---------------------------------
     def _check_counts(self, counts: dict[str, int]) -> dict | None:
-        return decide(counts, expected=self.expected, completion=self.completion,
-                      min_fraction=self.min_fraction, on_timeout=self.on_timeout,
-                      now=datetime.now(timezone.utc), deadline=self.deadline)
+        now = datetime.now(timezone.utc)
+        event = decide(counts, expected=self.expected, completion=self.completion,
+                       min_fraction=self.min_fraction, on_timeout=self.on_timeout,
+                       now=now, deadline=self.deadline)
+        if event is None:  # not over: maybe time to warn (then the sensor defers again)
+            return near_deadline(counts, expected=self.expected, warn=self.warn_at, now=now,
+                                 deadline=self.deadline)
+        return event
 
     def _check_error(self, exc: Exception) -> dict | None:
         return error_event(exc, conn_id=self.label_studio_conn_id, project_id=self.project_id,
@@ -119,8 +136,12 @@ class LabelsReadyTrigger(BaseTrigger):
         delay = self.poke_interval
         if errors:
             delay = min(self.max_backoff, self.poke_interval * 2 ** min(errors, 16))
-        # Wake at the deadline to end promptly (and to fail a service that stays down).
-        remaining = (self.deadline - datetime.now(timezone.utc)).total_seconds()
+        # Wake at the deadline to end promptly (and to fail a service that stays down), and
+        # at the warning time to warn on time.
+        now = datetime.now(timezone.utc)
+        remaining = (self.deadline - now).total_seconds()
+        if self.warn_at is not None and self.warn_at > now:
+            remaining = min(remaining, (self.warn_at - now).total_seconds())
         return max(0.0, min(delay, remaining + 0.05)) if remaining > 0 else delay
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

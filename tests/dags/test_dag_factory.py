@@ -98,3 +98,61 @@ def test_a_config_that_is_not_utf8_is_one_import_error_naming_it(tmp_path):
     assert "hitl_shapes" in bag.dag_ids
     (error,) = bag.import_errors.values()
     assert "latin1.yaml: not UTF-8 text" in error
+
+
+def _dags_with(tmp_path, monkeypatch, **changes):
+    """The shipped DAG file over a copy of shapes.yaml with ``changes`` (top-level sections);
+    the tests' recording notifier importable."""
+    import yaml
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    dags = tmp_path / "dags"
+    (dags / "configs").mkdir(parents=True)
+    shutil.copy(DAG_FILE, dags)
+    config = yaml.safe_load((REPO / "dags" / "configs" / "shapes.yaml").read_text())
+    config.update(changes)
+    (dags / "configs" / "shapes.yaml").write_text(yaml.safe_dump(config))
+    return _dagbag(dags)
+
+
+def test_approval_task_waits_once_and_the_gate_reads_its_answer(tmp_path, monkeypatch):
+    """Issue 16.4: response_timeout (not execution_timeout), no retry into a second wait, a
+    default answer for the timeout, the people, and a gate that always runs after it."""
+    from datetime import timedelta
+
+    recorder = {"class": "hitl_recording_notifier.RecordingNotifier",
+                "args": {"path": str(tmp_path / "calls.jsonl")}}
+    bag = _dags_with(tmp_path, monkeypatch, gate={"require_approval": True, "approval": {
+        "response_timeout_hours": 6, "assigned_users": ["alice", {"id": "3", "name": "Bob"}],
+        "on_reject": "keep_current"}}, notifications={"notifiers": [recorder]})
+    assert bag.import_errors == {}
+    dag = bag.dags["hitl_shapes"]
+    approve, gate = dag.task_dict["approve_checkpoint"], dag.task_dict["gate"]
+    assert type(approve).__name__ == "CheckpointApprovalOperator"
+    assert approve.response_timeout == timedelta(hours=6) and approve.execution_timeout is None
+    assert approve.retries == 0 and dag.task_dict["train"].retries == 1
+    assert approve.defaults == ["Reject"]
+    assert approve.assigned_users == [{"id": "alice", "name": "alice"},
+                                      {"id": "3", "name": "Bob"}]
+    assert [n.event for n in approve.notifiers] == ["approval_requested"]
+    assert approve.upstream_task_ids == {"train"} and gate.upstream_task_ids == {
+        "train", "approve_checkpoint"}
+    assert gate.trigger_rule == "all_success" and approve.downstream_task_ids == {"gate"}
+    assert [c.event for c in dag.on_failure_callback] == ["round_failed"]
+
+    plain = _dags_with(tmp_path / "plain", monkeypatch).dags["hitl_shapes"]
+    assert "approve_checkpoint" not in plain.task_dict and plain.on_failure_callback is None
+    assert plain.task_dict["gate"].approval is None
+
+
+def test_a_notifier_that_cannot_be_built_is_the_configs_import_error(tmp_path, monkeypatch):
+    bag = _dags_with(tmp_path, monkeypatch, notifications={"notifiers": [
+        {"class": "hitl_recording_notifier.RecordingNotifier", "args": {"path": 5}}]})
+    (error,) = bag.import_errors.values()
+    assert "shapes.yaml: notifications.notifiers.0: hitl_recording_notifier.RecordingNotifier " \
+        "cannot be built from its args: TypeError: path must be a file path" in error
+    bag = _dags_with(tmp_path / "b", monkeypatch, notifications={"notifiers": [
+        {"class": "hitl_recording_notifier.Missing"}]})
+    (error,) = bag.import_errors.values()
+    assert "notifications.notifiers.0.class: Value error, cannot import " \
+        "'hitl_recording_notifier.Missing'" in error

@@ -167,6 +167,6 @@ def test_apply_gate_keeps_current_and_is_idempotent_on_retry(tmp_path):
 def test_approval_body_is_markdown_with_the_metrics():
     body = approval_body({"map50_95": 0.61234, "map50": 0.9, "n_images": 50,
                           "per_class": {"circle": 0.7}, "checkpoint": "/x/best.pt"})
-    assert "| map50_95 | 0.6123 |" in body
-    assert "| circle | 0.7000 |" in body and "`/x/best.pt`" in body
+    assert "| map50_95 | none yet | 0.6123 |" in body
+    assert "| circle | - | 0.7000 |" in body and "`/x/best.pt`" in body
     assert approval_body({}).startswith("No metrics")

@@ -23,7 +23,7 @@ def test_operators_validate_and_template_their_arguments():
 
     assert set(YoloTrainOperator.template_fields) == {"config_path", "version", "epochs",
                                                       "imgsz"}
-    assert set(PromoteModelOperator.template_fields) == {"config_path", "candidate"}
+    assert set(PromoteModelOperator.template_fields) == {"config_path", "candidate", "approval"}
     with pytest.raises(TypeError):
         YoloTrainOperator("c.yaml", task_id="t")  # keyword-only
     with pytest.raises(ValueError):

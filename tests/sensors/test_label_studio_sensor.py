@@ -149,3 +149,51 @@ def test_poke_mode_waits_out_blips_like_the_trigger(setup):
         op.poke(context())
     stub.state.faults.clear()
     assert op.poke(context()).xcom_value["complete"]
+
+
+def test_tells_people_the_tasks_are_ready_and_the_deadline_is_near(setup, monkeypatch):
+    """Issue 16.5: ``labeling_ready`` once per round when the wait starts; with
+    ``near_deadline_hours`` the trigger carries the warning time, and its ``deadline_near``
+    event makes the sensor tell people once, then defer again to the same deadline."""
+    from pathlib import Path
+
+    from airflow.sdk import DAG
+
+    stub, config, tmp = setup
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import hitl_recording_notifier as rec
+    data = yaml.safe_load(open(config))
+    calls = tmp / "calls.jsonl"
+    data["notifications"] = {"near_deadline_hours": 0.5, "notifiers": [
+        {"class": "hitl_recording_notifier.FailingNotifier"},
+        {"class": "hitl_recording_notifier.RecordingNotifier", "args": {"path": str(calls)}}]}
+    open(config, "w").write(yaml.safe_dump(data))
+    stub.add_tasks("d", "r", [1, 2, 3, 4], annotated={1})
+    ctx = {**context(), "dag": DAG("d", schedule=None)}
+    with pytest.raises(TaskDeferred) as first:
+        sensor(config).execute(ctx)
+    kwargs = first.value.trigger.serialize()[1]
+    deadline = datetime.fromisoformat(kwargs["deadline"])
+    assert datetime.fromisoformat(kwargs["warn_at"]) == deadline - timedelta(hours=0.5)
+    (ready,) = rec.read(calls)
+    assert ready["event"] == "labeling_ready" and ready["run_id"] == "r"
+    assert ready["url"] == f"{stub.url}/projects/1/data"
+    assert ready["subject"] == "[hitl] d: 4 labeling task(s) ready"
+    with pytest.raises(TaskDeferred):  # a retry does not tell people twice
+        sensor(config).execute(ctx)
+    assert len(rec.read(calls)) == 1
+
+    near = {"status": "deadline_near", "total": 4, "completed": 1, "annotated": 1,
+            "skipped": 0, "fraction": 0.25, "deadline": kwargs["deadline"], "message": "m"}
+    with pytest.raises(TaskDeferred) as again:
+        sensor(config).execute_complete(ctx, near, project_id=1, url=stub.url)
+    kw = again.value.trigger.serialize()[1]
+    assert kw["deadline"] == kwargs["deadline"] and kw["warn_at"] is None
+    assert again.value.method_name == "execute_complete"
+    warned = rec.read(calls)[-1]
+    assert warned["event"] == "deadline_near" and "3 of 4 labeling task(s) are not done" in \
+        warned["message"]
+    with pytest.raises(TaskDeferred) as retried:  # warned already: no warning time again
+        sensor(config).execute(ctx)
+    assert retried.value.trigger.serialize()[1]["warn_at"] is None
+    assert [c["event"] for c in rec.read(calls)] == ["labeling_ready", "deadline_near"]

@@ -26,11 +26,15 @@ def test_serialize_exact_and_rebuild():
         "label_studio_conn_id": "ls", "project_id": 7, "dag_id": "d", "run_id": "manual__x",
         "deadline": "2031-05-06T07:08:09+00:00", "expected": 12, "completion": "fraction",
         "min_fraction": 0.75, "on_timeout": "continue", "poke_interval": 5.0,
-        "max_backoff": 300.0, "annotators": 1,
+        "max_backoff": 300.0, "annotators": 1, "warn_at": None,
     }
     assert json.loads(json.dumps(kwargs)) == kwargs  # JSON only
     again = LabelsReadyTrigger(**json.loads(json.dumps(kwargs)))
     assert again.serialize() == (classpath, kwargs) and again.deadline == DEADLINE
+    # the warning time is absolute too: a restarted triggerer warns at the same moment
+    warned = LabelsReadyTrigger(**{**kwargs, "warn_at": "2031-05-06T05:08:09+00:00"})
+    assert warned.serialize()[1]["warn_at"] == "2031-05-06T05:08:09+00:00"
+    assert LabelsReadyTrigger(**warned.serialize()[1]).warn_at == DEADLINE - timedelta(hours=2)
 
 
 def test_deadline_forms():
@@ -184,3 +188,24 @@ def test_blips_until_the_deadline_end_as_service_unavailable(stub_ls, conn):
         conn, deadline=datetime.now(timezone.utc) + timedelta(seconds=1), max_backoff=0.1)))
     assert event["status"] == "error" and event["error_type"] == "service_unavailable"
     assert "not JSON" in event["error"]
+
+
+def test_warning_time_ends_the_trigger_early_once_with_the_counts(stub_ls, conn):
+    """Issue 16.5: the trigger wakes the sensor at the warning time (tasks left); a round
+    done before it never warns."""
+    stub_ls.add_tasks("d", "r", [1, 2, 3, 4], annotated={1})
+    now = datetime.now(timezone.utc)
+    deadline = now + timedelta(minutes=5)
+    began = time.monotonic()
+    near = asyncio.run(_first_event(_trigger(conn, deadline=deadline, expected=4,
+                                             poke_interval=30,
+                                             warn_at=now + timedelta(seconds=0.3))))
+    assert time.monotonic() - began < 5  # it woke at the warning time, not the poke interval
+    assert near["status"] == "deadline_near" and near["total"] == 4 and near["completed"] == 1
+    assert near["deadline"] == deadline.isoformat()
+    stub_ls.annotate(2)
+    stub_ls.annotate(3)
+    stub_ls.annotate(4)
+    done = asyncio.run(_first_event(_trigger(conn, deadline=deadline, expected=4,
+                                             warn_at=now - timedelta(seconds=1))))
+    assert done["status"] == "success"
