@@ -32,6 +32,33 @@ from hitl_dev.labelstudio import LabelStudioServer, LabelStudioServerError, free
 LABELS = ("circle", "square", "triangle")
 
 
+#: Debian's Chromium, driven by Playwright's Python package (no browser is ever downloaded).
+CHROMIUM = Path(os.environ.get("HITL_CHROMIUM", "/usr/bin/chromium"))
+#: Screenshots the browser tests keep (CI artifacts).
+ARTIFACTS = Path(os.environ.get("HITL_TEST_ARTIFACTS")
+                 or Path(__file__).resolve().parents[2] / "test-artifacts")
+#: Chromium without its calls home (this machine has no network; they would only fail).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the tests of what a person sees."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium",
+                    pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def label_config(labels: tuple[str, ...] | list[str] = LABELS) -> str:
     """Return the RectangleLabels config our projects use."""
     inner = "".join(f'<Label value="{name}"/>' for name in labels)

@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "hitl_e2e"
+GATE_DAG = "hitl_e2e_gate"
 
 
 def _tasks(ls, project: int) -> list[dict]:
@@ -75,8 +76,16 @@ def round_run(label_studio, tmp_path_factory):
         "schedule": {"cron": None},
     }
     (dags / "configs" / "e2e.yaml").write_text(yaml.safe_dump(config))
+    # A second pipeline whose checkpoints a person approves (the approval tests below)
+    (dags / "configs" / "gate.yaml").write_text(yaml.safe_dump({
+        **config, "dag_id": GATE_DAG, "dataset": {"name": "e2e_gate", "source_dir": str(source)},
+        "selection": {"budget": 4, "audit_fraction": 0.0, "seed": 1},
+        "gate": {"require_approval": True, "margin": 0.0,
+                 "approval": {"on_reject": "keep_current"}}}))
 
-    stack = AirflowStack(work / "airflow-home", port=free_port(), dags_folder=dags)
+    # The API server's storage root is the pipeline's, so that the HITL view reads its rounds
+    stack = AirflowStack(work / "airflow-home", port=free_port(), dags_folder=dags,
+                         extra_env={"HITL_HOME": str(root)})
     stack.start()
     try:
         api = AirflowApi(stack.url, "admin", stack.password())
@@ -185,3 +194,150 @@ def test_retrying_submit_and_merge_changes_nothing(round_run, label_studio):
     assert sorted(t["id"] for t in _tasks(label_studio, project)) == before_tasks
     assert store.versions() == ["v0001", "v0002"]
     assert store.manifest("v0002")["sha256"] == before_sha
+
+
+def _airflow_login(page, url: str, password: str) -> None:
+    """Log into Airflow's UI as a person does (the simple auth manager's form)."""
+    page.goto(url)
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", password)
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
+
+
+def _value(frame, testid: str):
+    """The raw value behind a number the page shows (its ``data-value``)."""
+    return json.loads(frame.locator(f'[data-testid="{testid}"]').first.get_attribute(
+        "data-value"))
+
+
+def test_the_round_in_airflows_ui_matches_its_report(round_run, label_studio, browser):
+    """A person logs into Airflow, opens the HITL dashboard and the run's HITL tab: the chart
+    and the numbers are the round report's, and the link opens the round's project."""
+    from tests.integration.conftest import ARTIFACTS
+    from tests.integration.test_review_browser import login as ls_login
+
+    stack, run_id = round_run["stack"], round_run["run_id"]
+    report = json.loads(Layout.at(round_run["root"]).round(DAG_ID, run_id).report.read_text())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    _airflow_login(page, stack.url, stack.password())
+
+    page.goto(f"{stack.url}/plugin/hitl")  # Browse > HITL rounds, framed by Airflow's UI
+    index = page.frame_locator("iframe").first
+    index.locator(f'[data-testid="pipeline-{DAG_ID}"]').wait_for(timeout=60_000)
+    assert _value(index, f"latest-map-before-{DAG_ID}") == report["map50_95_before"]
+    page.screenshot(path=str(ARTIFACTS / "hitl-index.png"), full_page=True)
+
+    page.goto(f"{stack.url}/dags/{DAG_ID}/plugin/hitl-dag")  # the DAG's HITL tab
+    board = page.frame_locator("iframe").first
+    try:
+        board.locator('[data-testid="map-chart"]').wait_for(timeout=60_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "hitl-dashboard-failed.png"), full_page=True)
+        raise
+    assert _value(board, f"map-point-before-{run_id}") == report["map50_95_before"]
+    after = board.locator(f'[data-testid="map-point-after-{run_id}"]')
+    if report["map50_95_after"] is None:  # no retraining after the merge in this round
+        assert after.count() == 0
+    else:
+        assert json.loads(after.get_attribute("data-value")) == report["map50_95_after"]
+    assert _value(board, f"selected-{run_id}") == report["selected"]
+    page.screenshot(path=str(ARTIFACTS / "hitl-dashboard.png"), full_page=True)
+
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{run_id}/plugin/hitl-run")  # the run's tab
+    view = page.frame_locator("iframe").first
+    view.locator(f'[data-testid="selected-{run_id}"]').wait_for(timeout=60_000)
+    answers = report["corrections"]
+    assert _value(view, f"selected-{run_id}") == report["selected"]
+    for key in ("labeled", "confirmed", "edited", "skipped"):
+        assert _value(view, f"{key}-{run_id}") == answers.get(key), key
+    for kind, fixed in report["fixed"].items():
+        assert _value(view, f"fixed-{kind}-{run_id}") == fixed, kind
+    assert _value(view, f"map-after-{run_id}") == report["map50_95_after"]
+    assert _value(view, f"new-version-{run_id}") == report["new_version"]
+    page.screenshot(path=str(ARTIFACTS / "hitl-run-view.png"), full_page=True)
+
+    project = _project_id(label_studio, f"hitl-{DAG_ID}")
+    href = view.locator(f'[data-testid="ls-link-{run_id}"]').get_attribute("href")
+    assert href == f"{label_studio.url}/projects/{project}/data"
+    ls = context.new_page()
+    ls_login(ls, label_studio.url)
+    ls.goto(href)  # the link a person follows: the round's tasks in Label Studio
+    # the project's page: its title, and the round's tasks counted in the data manager
+    ls.get_by_text(f"hitl-{DAG_ID}").first.wait_for(timeout=60_000)
+    total = len(_tasks(label_studio, project))
+    ls.wait_for_function(
+        "n => document.body.innerText.includes('Tasks: ') && "
+        "document.body.innerText.includes(' / ' + n)", arg=total, timeout=60_000)
+    assert f"/projects/{project}/data" in ls.url
+    ls.screenshot(path=str(ARTIFACTS / "hitl-ls-project.png"))
+    context.close()
+
+
+def _approval_run(round_run, browser, answer: str, screenshot: str) -> tuple[str, dict]:
+    """Start a round of the approval pipeline, answer its checkpoint in Airflow's own
+    Required Actions UI as a person, and wait until the round is past the gate; return the
+    run id and its task states."""
+    from tests.integration.conftest import ARTIFACTS
+
+    api, stack = round_run["api"], round_run["stack"]
+    api.wait_for_dag(GATE_DAG)
+    api.unpause(GATE_DAG)
+    run_id = api.trigger(GATE_DAG)["dag_run_id"]
+
+    def states() -> dict:
+        return {t["task_id"]: t["state"] for t in api.task_instances(GATE_DAG, run_id)}
+
+    deadline = time.monotonic() + 300
+    while states().get("approve_checkpoint") != "awaiting_input":
+        assert time.monotonic() < deadline, states()
+        time.sleep(2)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    _airflow_login(page, stack.url, stack.password())
+    page.goto(f"{stack.url}/dags/{GATE_DAG}/runs/{run_id}/tasks/approve_checkpoint/"
+              "required_actions")
+    button = page.get_by_role("button", name=answer, exact=True)
+    button.wait_for(timeout=60_000)
+    text = page.locator("body").inner_text()
+    assert "currently promoted" in text and "candidate" in text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+    button.click()
+    while states().get("score") not in ("success", "skipped", "failed", "upstream_failed"):
+        assert time.monotonic() < deadline, states()
+        time.sleep(2)
+    context.close()
+    done = states()
+    # what the tests need has run: stop the round rather than wait for people
+    api._call("PATCH", f"/dags/{GATE_DAG}/dagRuns/{run_id}", json={"state": "failed"})
+    return run_id, done
+
+
+def test_approve_in_airflows_required_actions_promotes_and_the_round_goes_on(round_run,
+                                                                             browser):
+    run_id, states = _approval_run(round_run, browser, "Approve", "approval-request.png")
+    layout = Layout.at(round_run["root"])
+    answer = json.loads(layout.round(GATE_DAG, run_id).approval.read_text())
+    assert answer["approved"] is True and not answer.get("timed_out")
+    promoted = json.loads(layout.promoted_file(GATE_DAG).read_text())
+    assert promoted["run_id"] == run_id  # nothing was promoted before: the gate promotes
+    assert states["gate"] == "success" and states["score"] == "success"
+
+
+def test_reject_keeps_the_promoted_checkpoint_and_the_round_goes_on(round_run, browser):
+    layout = Layout.at(round_run["root"])
+    before = json.loads(layout.promoted_file(GATE_DAG).read_text())
+    run_id, states = _approval_run(round_run, browser, "Reject", "approval-reject.png")
+    answer = json.loads(layout.round(GATE_DAG, run_id).approval.read_text())
+    assert answer["approved"] is False
+    assert json.loads(layout.promoted_file(GATE_DAG).read_text()) == before
+    assert not layout.round(GATE_DAG, run_id).ended.exists()
+    # score ran, with the checkpoint promoted by the earlier round
+    assert states["gate"] == "success" and states["score"] == "success"
+    gate = round_run["api"]._call(
+        "GET", f"/dags/{GATE_DAG}/dagRuns/{run_id}/taskInstances/gate/xcomEntries/checkpoint")
+    value = gate["value"]
+    assert (json.loads(value) if value.startswith('"') else value) == before["checkpoint"]

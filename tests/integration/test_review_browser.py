@@ -18,34 +18,14 @@ from pathlib import Path
 import pytest
 
 from hitl_dev.labelstudio import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from tests.integration.conftest import ARTIFACTS
 from tests.integration.review_round import LABELS, collect_and_merge, review_round
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("HITL_CHROMIUM", "/usr/bin/chromium"))
-ARTIFACTS = Path(os.environ.get("HITL_TEST_ARTIFACTS") or REPO / "test-artifacts")
 #: The rows of the Regions list (rc-tree keeps one hidden row for measuring).
 REGION_ROWS = '.lsf-outliner-tree .lsf-tree-treenode:not([aria-hidden="true"])'
-#: Chromium without its calls home (this machine has no network; they would only fail).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium",
-                    pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def login(page, url: str) -> None:
