@@ -610,13 +610,17 @@ def main(argv: list[str] | None = None, prog: str = "hitl config") -> int:
         else:
             sys.stdout.write(schema_text())
         return 0
-    configs, errors = check_configs(args.files)
-    for config in configs.values():
+    # What the DAG file does: validate, then build each DAG (which checks more, e.g. that
+    # every notifier can be built from its args), so that the errors are Airflow's own.
+    from hitl_plugin.dag_factory import build_all
+
+    built, errors = build_all(args.files)
+    for config, _ in built.values():
         print(f"ok: {config.config_path} (dag_id {config.dag_id})")
     for error in errors:
         print(error, file=sys.stderr)
-    bad = len(args.files) - len(configs)
-    print(f"{len(configs)} valid, {bad} invalid", file=sys.stderr if bad else sys.stdout)
+    bad = len(args.files) - len(built)
+    print(f"{len(built)} valid, {bad} invalid", file=sys.stderr if bad else sys.stdout)
     return 1 if errors else 0
 
 

@@ -226,16 +226,28 @@ def build_dag(config: PipelineConfig) -> DAG:
     return dag
 
 
-def build_dags(config_dir: str | Path) -> dict[str, DAG]:
-    """Build a DAG for every ``*.yaml`` in ``config_dir``; collect the errors of bad ones
-    (the same texts as ``hitl config check``: :func:`~hitl_plugin.config.check_configs`)."""
-    configs, errors = check_configs(sorted(Path(config_dir).glob("*.y*ml")))
-    dags: dict[str, DAG] = {}
+def build_all(paths: list[str | Path]) -> tuple[dict[str, tuple[PipelineConfig, DAG]],
+                                                list[str]]:
+    """Validate the pipeline files together and build a DAG from each good one.
+
+    :returns: ``({dag_id: (config, DAG)}, errors)``: the errors are the texts that Airflow
+        shows as the DAG file's import error, and that ``hitl config check`` prints.
+    """
+    configs, errors = check_configs(paths)
+    built: dict[str, tuple[PipelineConfig, DAG]] = {}
     for config in configs.values():
         try:
-            dags[config.dag_id] = build_dag(config)
+            built[config.dag_id] = (config, build_dag(config))
         except ConfigError as exc:
             errors.append(str(exc))
+    return built, errors
+
+
+def build_dags(config_dir: str | Path) -> dict[str, DAG]:
+    """Build a DAG for every ``*.yaml`` in ``config_dir``; collect the errors of bad ones
+    (:func:`build_all`) into one stand-in DAG that fails validation."""
+    built, errors = build_all(sorted(Path(config_dir).glob("*.y*ml")))
+    dags = {dag_id: dag for dag_id, (_, dag) in built.items()}
     for error in errors:
         log.error("%s", error)
     if errors:

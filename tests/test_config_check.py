@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,8 +20,10 @@ MODELINE = re.compile(r"^# yaml-language-server: \$schema=(\S+)$", re.M)
 
 
 def _hitl(*args: str) -> subprocess.CompletedProcess:
+    # tests/ on the path: the test notifiers (hitl_recording_notifier) are importable
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
     return subprocess.run([sys.executable, "-m", "hitl_dev.cli", *args], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
+                          text=True, timeout=120, cwd=REPO, env=env)
 
 
 def test_shipped_schema_is_up_to_date():
@@ -58,8 +61,10 @@ def test_schema_accepts_the_examples_and_flags_what_pydantic_flags():
     assert _schema_errors({"training": {}}) == {"'dag_id' is a required property"}
 
 
-def test_config_check_prints_every_error_as_airflow_shows_them(tmp_path):
+def test_config_check_prints_every_error_as_airflow_shows_them(tmp_path, monkeypatch):
     from hitl_plugin.dag_factory import build_dags
+
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
 
     folder = tmp_path / "configs"
     folder.mkdir()
@@ -69,14 +74,18 @@ def test_config_check_prints_every_error_as_airflow_shows_them(tmp_path):
         "dag_id: b\ntraining:\n  epochs: zero\nlabeling:\n  colour: red\n")
     (folder / "c_yaml.yaml").write_text("dag_id: c\ntraining: [epochs: 3\n")
     (folder / "d_dup.yaml").write_text("dag_id: hitl_shapes\n")
+    # valid as a file, but its notifier cannot be built: an error only building the DAG finds
+    (folder / "e_notifier.yaml").write_text(
+        "dag_id: e\nnotifications:\n  notifiers:\n"
+        "    - class: hitl_recording_notifier.RecordingNotifier\n      args: {path: 123}\n")
     files = sorted(str(p) for p in folder.glob("*.yaml"))
     proc = _hitl("config", "check", *files)
     assert proc.returncode == 1, proc.stderr
     assert f"ok: {good} (dag_id hitl_shapes)" in proc.stdout
-    assert "1 valid, 3 invalid" in proc.stderr
+    assert "1 valid, 4 invalid" in proc.stderr
     # the same texts as the DAG file's import error in Airflow
     airflow_errors = build_dags(folder)["hitl_config_errors"].hitl_errors
-    assert len(airflow_errors) == 3
+    assert len(airflow_errors) == 4
     for error in airflow_errors:
         assert error in proc.stderr
     assert "b_types.yaml: 2 invalid field(s)" in proc.stderr
@@ -84,6 +93,8 @@ def test_config_check_prints_every_error_as_airflow_shows_them(tmp_path):
     assert "labeling.colour: unknown field (check the spelling)" in proc.stderr
     assert "c_yaml.yaml: line 3, column 1" in proc.stderr and "invalid YAML" in proc.stderr
     assert "d_dup.yaml: dag_id 'hitl_shapes' is used by another config" in proc.stderr
+    assert ("e_notifier.yaml: notifications.notifiers.0: hitl_recording_notifier."
+            "RecordingNotifier cannot be built from its args: TypeError") in proc.stderr
     assert "Traceback" not in proc.stderr
 
     ok = _hitl("config", "check", str(good))
