@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from airflow.plugins_manager import AirflowPlugin
@@ -126,11 +126,40 @@ def is_authorized_run_read(user: Any, dag_id: str | None) -> bool:
         details=DagDetails(id=dag_id, team_name=team), user=user)
 
 
+class PipelineRoots(NamedTuple):
+    """The storage roots that pipeline configs name (``storage.root``)."""
+
+    by_dag: dict[str, Path]
+    by_dataset: dict[str, Path]
+
+
+def config_roots(config_dir: Path | None = None) -> PipelineRoots:
+    """The storage roots named by the pipeline configs the DAG file reads
+    (``<dags_folder>/configs/*.yaml``): a pipeline without ``storage.root`` is left out (it
+    uses the server's root). Unreadable configs are skipped: the DAG file reports them."""
+    from hitl_plugin.config import check_configs
+
+    if config_dir is None:
+        from airflow.configuration import conf
+
+        config_dir = Path(conf.get("core", "dags_folder")) / "configs"
+    paths = sorted(config_dir.glob("*.y*ml")) if config_dir.is_dir() else []
+    configs, _ = check_configs(paths)
+    roots = PipelineRoots({}, {})
+    for config in configs.values():
+        if config.storage.root:
+            where = config.resolve(config.storage.root)
+            roots.by_dag[config.dag_id] = where
+            roots.by_dataset.setdefault(config.dataset.name, where)
+    return roots
+
+
 def create_app(root: Path | None = None):
     """Build the plugin's FastAPI app.
 
-    :param root: the storage root; default: resolved per request, like the tasks do (the
-        Airflow Variable ``hitl_storage_root``, then ``HITL_HOME``, then ``./.hitl``).
+    :param root: the one storage root; default: resolved per request, like the tasks do:
+        a pipeline's config's ``storage.root`` (:func:`config_roots`), else the Airflow
+        Variable ``hitl_storage_root``, then ``HITL_HOME``, then ``./.hitl``.
     """
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi import Depends, FastAPI, HTTPException
@@ -146,8 +175,28 @@ def create_app(root: Path | None = None):
     app = FastAPI(title="airflow-hitl", dependencies=[Depends(get_user)])
     assets = Path(__file__).resolve().parent / "assets"
 
-    def _layout() -> Layout:
-        return Layout.at(root or storage_root(variables=metadata_variable))
+    def _default_root() -> Path:
+        return root or storage_root(variables=metadata_variable)
+
+    def _roots() -> PipelineRoots:
+        # an explicit root (the tests' apps) is the only one; else the configs may name theirs
+        return PipelineRoots({}, {}) if root is not None else config_roots()
+
+    def _layout(dag_id: str | None = None) -> Layout:
+        """The storage root of a pipeline: its config's ``storage.root``, else the server's."""
+        return Layout.at(_roots().by_dag.get(dag_id) or _default_root())
+
+    def _dataset_root(name: str) -> Path:
+        return _roots().by_dataset.get(name) or _default_root()
+
+    def _pipelines() -> list[str]:
+        """Every pipeline with rounds, in the server's root or in the root its config names."""
+        roots = _roots()
+        found = {d for d in Layout.at(_default_root()).pipelines() if d not in roots.by_dag}
+        for dag_id, where in roots.by_dag.items():
+            if dag_id in Layout.at(where).pipelines():
+                found.add(dag_id)
+        return sorted(found)
 
     def _base(request: Request) -> str:
         return request.scope.get("root_path", "").rstrip("/")
@@ -166,14 +215,15 @@ def create_app(root: Path | None = None):
         return theme if theme in ("light", "dark") else None
 
     def _readable(user: Any) -> list[str]:
-        return [d for d in _layout().pipelines() if is_authorized_run_read(user, d)]
+        return [d for d in _pipelines() if is_authorized_run_read(user, d)]
 
     def _check(user: Any, dag_id: str) -> None:
         if not is_authorized_run_read(user, dag_id):
             raise HTTPException(403, f"Forbidden: you may not read the runs of DAG {dag_id!r}")
 
     def _check_dataset(user: Any, name: str) -> None:
-        users = [d for d, names in dashboard.datasets_by_pipeline(_layout()).items()
+        users = [d for d, names in dashboard.datasets_by_pipeline(
+                     Layout.at(_dataset_root(name))).items()
                  if name in names]
         if any(is_authorized_run_read(user, d) for d in users):
             return
@@ -202,26 +252,26 @@ def create_app(root: Path | None = None):
     def rounds(dag_id: str, user=Depends(get_user)) -> list[dict]:
         """The pipeline's round reports, as written."""
         _check(user, dag_id)
-        return read_reports(_layout(), dag_id)
+        return read_reports(_layout(dag_id), dag_id)
 
     @app.get("/api/pipelines/{dag_id}")
     def pipeline_data(dag_id: str, user=Depends(get_user)) -> dict:
         """What the pipeline dashboard shows."""
         _check(user, dag_id)
-        return dashboard.pipeline_view(_layout(), dag_id)
+        return dashboard.pipeline_view(_layout(dag_id), dag_id)
 
     @app.get("/api/runs/{dag_id}/{run_id:path}")
     def run_data(dag_id: str, run_id: str, user=Depends(get_user)) -> dict:
         """What the run view shows."""
         _check(user, dag_id)
-        return dashboard.run_view(_layout(), dag_id, run_id)
+        return dashboard.run_view(_layout(dag_id), dag_id, run_id)
 
     @app.get("/api/progress/{dag_id}/{run_id:path}")
     def progress_data(dag_id: str, run_id: str, user=Depends(get_user)) -> dict:
         """A waiting round's live count from Label Studio (``{"error"}`` when it cannot be
         reached; 404 when the round is not waiting)."""
         _check(user, dag_id)
-        plan = dashboard.waiting_plan(_layout(), dag_id, run_id)
+        plan = dashboard.waiting_plan(_layout(dag_id), dag_id, run_id)
         if plan is None:
             raise HTTPException(404, "this round is not waiting for people")
         return live_progress(plan, label_studio_conn_id())
@@ -229,17 +279,17 @@ def create_app(root: Path | None = None):
     @app.get("/api/datasets/{name}")
     def dataset(name: str, user=Depends(get_user)) -> dict:
         _check_dataset(user, name)
-        store = DatasetStore(_layout().root, name)
+        store = DatasetStore(_dataset_root(name), name)
         versions = store.versions()
         if not versions:
             raise HTTPException(404, f"no dataset {name!r}")
         return {"latest": store.latest(), "versions": [store.manifest(v) for v in versions],
-                "lineage": dashboard.lineage(_layout().root, name)}
+                "lineage": dashboard.lineage(_dataset_root(name), name)}
 
     @app.get("/plot/{dag_id}/{run_id}.png")
     def plot(dag_id: str, run_id: str, user=Depends(get_user)):
         _check(user, dag_id)
-        path = _layout().round(dag_id, run_id).plot
+        path = _layout(dag_id).round(dag_id, run_id).plot
         if not path.is_file():
             raise HTTPException(404, "no plot for this round")
         return FileResponse(path, media_type="image/png")
@@ -256,9 +306,9 @@ def create_app(root: Path | None = None):
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user=Depends(get_user)) -> str:
-        layout = _layout()
         summaries = []
         for dag_id in _readable(user):
+            layout = _layout(dag_id)
             reports = [r for r in read_reports(layout, dag_id) if "unreadable" not in r]
             name = dashboard.pipeline_dataset(layout, dag_id, reports)
             latest = None
@@ -279,7 +329,7 @@ def create_app(root: Path | None = None):
     @app.get("/pipelines/{dag_id}", response_class=HTMLResponse)
     def pipeline_page(dag_id: str, request: Request, user=Depends(get_user)) -> str:
         _check(user, dag_id)
-        layout = _layout()
+        layout = _layout(dag_id)
         view = dashboard.pipeline_view(layout, dag_id)
         conn_id = label_studio_conn_id()
         live = {}
@@ -294,7 +344,7 @@ def create_app(root: Path | None = None):
     @app.get("/runs/{dag_id}/{run_id:path}", response_class=HTMLResponse)
     def run_page(dag_id: str, run_id: str, request: Request, user=Depends(get_user)) -> str:
         _check(user, dag_id)
-        layout = _layout()
+        layout = _layout(dag_id)
         view = dashboard.run_view(layout, dag_id, run_id)
         conn_id = label_studio_conn_id()
         live = None

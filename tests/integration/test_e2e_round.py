@@ -83,9 +83,9 @@ def round_run(label_studio, tmp_path_factory):
         "gate": {"require_approval": True, "margin": 0.0,
                  "approval": {"on_reject": "keep_current"}}}))
 
-    # The API server's storage root is the pipeline's, so that the HITL view reads its rounds
-    stack = AirflowStack(work / "airflow-home", port=free_port(), dags_folder=dags,
-                         extra_env={"HITL_HOME": str(root)})
+    # The pipelines' storage root is their configs' (storage.root), not the servers' HITL_HOME:
+    # the HITL view finds it there
+    stack = AirflowStack(work / "airflow-home", port=free_port(), dags_folder=dags)
     stack.start()
     try:
         api = AirflowApi(stack.url, "admin", stack.password())

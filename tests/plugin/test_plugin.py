@@ -283,3 +283,18 @@ def _folder(run_id: str) -> str:
     from hitl_plugin.paths import safe_component
 
     return safe_component(run_id)
+
+
+def test_config_roots_are_the_roots_the_configs_name(tmp_path):
+    from hitl_plugin.plugin import config_roots
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "a.yaml").write_text("dag_id: a\nstorage: {root: elsewhere}\n"
+                                    "dataset: {name: cats}\n")
+    (configs / "b.yaml").write_text("dag_id: b\n")  # the server's root
+    (configs / "c.yaml").write_text("dag_id: [broken\n")  # reported by the DAG file
+    roots = config_roots(configs)
+    assert roots.by_dag == {"a": configs / "elsewhere"}
+    assert roots.by_dataset == {"cats": configs / "elsewhere"}
+    assert config_roots(tmp_path / "none") == ({}, {})
