@@ -68,7 +68,9 @@ class CheckpointApprovalOperator(HitlTaskMixin, ApprovalOperator):
         """Resume with the answer (or the timeout's default): validate it, skip nothing."""
         answer = HITLOperator.execute_complete(self, context=context, event=event)
         approved = answer["chosen_options"] == [self.APPROVE]
-        self.hitl_summary_extra["approved"] = approved
+        extra = getattr(self, "hitl_summary_extra", None)  # providers-standard >= 1.15
+        if isinstance(extra, dict):
+            extra["approved"] = approved
         user = answer.get("responded_by_user")
         at = answer.get("responded_at")
         timed_out = bool(event.get("timedout"))

@@ -174,6 +174,17 @@ def _config(tmp_path: Path, dag_id: str, calls: Path, **approval) -> str:
 
 
 @pytest.mark.integration
+def _airflow_version() -> tuple[int, int]:
+    from airflow import __version__
+
+    return tuple(int(p) for p in __version__.split(".")[:2])  # type: ignore[return-value]
+
+
+# The harness answers the way Airflow 3.3 does (the awaiting_input state, the scheduler's
+# timeout sweep); Airflow 3.1 and 3.2 defer HITL tasks to the triggerer instead, which this
+# harness does not drive. On those the test is reported as skipped, never as passed.
+@pytest.mark.skipif(_airflow_version() < (3, 3),
+                    reason="drives Airflow 3.3's awaiting_input state and timeout sweep")
 def test_approve_reject_and_timeout_in_dag_test(tmp_path, airflow_dag_env, monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
     from hitl_recording_notifier import read
