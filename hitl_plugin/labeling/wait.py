@@ -25,10 +25,9 @@ __all__ = ["Completion", "ErrorType", "LabelsDeadlineNearEventPayload", "LabelsE
            "near_deadline", "to_deadline", "warn_at"]
 
 
-class LabelsReadyEventPayload(TypedDict):
-    """The round may go on (``success``: all done; ``partial``: deadline passed)."""
+class _LabelsProgress(TypedDict):
+    """Where the labeling stands (:func:`_progress`), in an event that is not an error."""
 
-    status: Literal["success", "partial"]
     total: int
     completed: int
     annotated: int
@@ -36,6 +35,12 @@ class LabelsReadyEventPayload(TypedDict):
     fraction: float
     deadline: str
     message: str
+
+
+class LabelsReadyEventPayload(_LabelsProgress):
+    """The round may go on (``success``: all done; ``partial``: deadline passed)."""
+
+    status: Literal["success", "partial"]
 
 
 class LabelsErrorEventPayload(TypedDict):
@@ -49,18 +54,11 @@ class LabelsErrorEventPayload(TypedDict):
     deadline: str
 
 
-class LabelsDeadlineNearEventPayload(TypedDict):
+class LabelsDeadlineNearEventPayload(_LabelsProgress):
     """Not an end: the warning time passed with tasks left; the sensor tells people and
     waits on (``notifications.near_deadline_hours``)."""
 
     status: Literal["deadline_near"]
-    total: int
-    completed: int
-    annotated: int
-    skipped: int
-    fraction: float
-    deadline: str
-    message: str
 
 
 def to_deadline(value: datetime | str | float | int) -> datetime:
@@ -84,12 +82,10 @@ def decide(counts: dict[str, int], *, expected: int | None, completion: str,
     the deadline; ``fraction`` needs ``min_fraction`` of them by the deadline; below that at
     the deadline, ``on_timeout`` decides: go on with what is done, or fail.
     """
-    total, completed = int(counts.get("total", 0)), int(counts.get("completed", 0))
-    denominator = max(int(expected or 0), total)
+    ready = _progress(counts, expected, deadline)
+    denominator, completed = ready["total"], ready["completed"]
     fraction = 1.0 if denominator == 0 else completed / denominator
-    common = {"total": denominator, "completed": completed, "deadline": deadline.isoformat()}
-    ready = {**common, "annotated": int(counts.get("annotated", 0)),
-             "skipped": int(counts.get("skipped", 0)), "fraction": round(fraction, 6)}
+    common = {k: ready[k] for k in ("total", "completed", "deadline")}
     if completed >= denominator:
         return LabelsReadyEventPayload(status="success", message=f"all {denominator} tasks "
                                        f"done", **ready)  # type: ignore[typeddict-item]
@@ -109,6 +105,18 @@ def decide(counts: dict[str, int], *, expected: int | None, completion: str,
         status="error", error_type="timeout",
         error=f"deadline {deadline.isoformat()} passed with {completed}/{denominator} tasks "
         f"done; {required:.0%} required", **common)  # type: ignore[typeddict-item]
+
+
+def _progress(counts: dict[str, int], expected: int | None, deadline: datetime) -> dict:
+    """The counts an event carries: ``total`` is ``max(expected, total)`` (tasks that vanished
+    from the service still count), ``fraction`` the share done (1.0 of nothing)."""
+    total, completed = int(counts.get("total", 0)), int(counts.get("completed", 0))
+    denominator = max(int(expected or 0), total)
+    fraction = 1.0 if denominator == 0 else completed / denominator
+    return {"total": denominator, "completed": completed,
+            "annotated": int(counts.get("annotated", 0)),
+            "skipped": int(counts.get("skipped", 0)), "fraction": round(fraction, 6),
+            "deadline": deadline.isoformat()}
 
 
 def deadline_after(seconds: float, now: datetime | None = None) -> datetime:
@@ -168,14 +176,10 @@ def near_deadline(counts: dict[str, int], *, expected: int | None, warn: datetim
     """
     if warn is None or now < warn:
         return None
-    total, completed = int(counts.get("total", 0)), int(counts.get("completed", 0))
-    denominator = max(int(expected or 0), total)
+    progress = _progress(counts, expected, deadline)
+    denominator, completed = progress["total"], progress["completed"]
     if completed >= denominator:
         return None
     return LabelsDeadlineNearEventPayload(
-        status="deadline_near", total=denominator, completed=completed,
-        annotated=int(counts.get("annotated", 0)), skipped=int(counts.get("skipped", 0)),
-        fraction=round(completed / denominator, 6) if denominator else 1.0,
-        deadline=deadline.isoformat(),
-        message=f"{denominator - completed} of {denominator} tasks left; deadline "
-                f"{deadline.isoformat()}")
+        status="deadline_near", message=f"{denominator - completed} of {denominator} tasks "
+        f"left; deadline {deadline.isoformat()}", **progress)  # type: ignore[typeddict-item]
