@@ -133,6 +133,10 @@ class PipelineRoots(NamedTuple):
     by_dataset: dict[str, Path]
 
 
+#: The last answer of :func:`config_roots`, with the folder and file stats it was read from.
+_roots_cache: dict[str, Any] = {}
+
+
 def config_roots(config_dir: Path | None = None) -> PipelineRoots:
     """The storage roots named by the pipeline configs the DAG file reads
     (``<dags_folder>/configs/*.yaml``): a pipeline without ``storage.root`` is left out (it
@@ -144,6 +148,10 @@ def config_roots(config_dir: Path | None = None) -> PipelineRoots:
 
         config_dir = Path(conf.get("core", "dags_folder")) / "configs"
     paths = sorted(config_dir.glob("*.y*ml")) if config_dir.is_dir() else []
+    # every route asks, several times a page: validate the configs again only when one changed
+    key = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    if _roots_cache.get("key") == (config_dir, key):
+        return _roots_cache["roots"]
     configs, _ = check_configs(paths)
     roots = PipelineRoots({}, {})
     for config in configs.values():
@@ -151,6 +159,7 @@ def config_roots(config_dir: Path | None = None) -> PipelineRoots:
             where = config.resolve(config.storage.root)
             roots.by_dag[config.dag_id] = where
             roots.by_dataset.setdefault(config.dataset.name, where)
+    _roots_cache.update(key=(config_dir, key), roots=roots)
     return roots
 
 

@@ -298,3 +298,7 @@ def test_config_roots_are_the_roots_the_configs_name(tmp_path):
     assert roots.by_dag == {"a": configs / "elsewhere"}
     assert roots.by_dataset == {"cats": configs / "elsewhere"}
     assert config_roots(tmp_path / "none") == ({}, {})
+    # a config edited under a running server is read again
+    (configs / "a.yaml").write_text("dag_id: a\nstorage: {root: moved}\ndataset: {name: cats}\n"
+                                    "description: edited\n")
+    assert config_roots(configs).by_dag == {"a": configs / "moved"}
