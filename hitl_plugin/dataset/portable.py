@@ -30,7 +30,6 @@ is refused unless ``force``, and then replaced only once the new export is compl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from typing import Literal
 
 from hitl_plugin import package_version
 from hitl_plugin.dataset.coco import class_names
-from hitl_plugin.dataset.store import DatasetStore, _link_or_copy, utcnow
+from hitl_plugin.dataset.store import DatasetStore, _link_or_copy, file_sha256, utcnow
 from hitl_plugin.dataset.yolo_format import write_yolo
 from hitl_plugin.exceptions import DatasetError
 
@@ -49,14 +48,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("coco", "yolo")
 PROVENANCE = "provenance.json"
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def lineage(store: DatasetStore, version: str) -> list[dict]:
@@ -143,7 +134,7 @@ def export_version(
             "counts": {k: v for k, v in manifest.get("counts", {}).items() if k != "merge"},
             "lineage": (chain := lineage(store, version)),
             "source_rounds": [e["round_key"] for e in chain if e.get("round_key")],
-            "val": ({"file": str(val_path), "sha256": _sha256(val_path),
+            "val": ({"file": str(val_path), "sha256": file_sha256(val_path),
                      "images": len(val["images"]),
                      "note": "the dataset's held-out set: the same for every version"}
                     if val is not None else None),

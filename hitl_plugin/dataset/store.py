@@ -213,11 +213,7 @@ class DatasetStore:
     def verify(self, version: str) -> dict:
         """Check the annotations file against the manifest's sha256; return the manifest."""
         manifest = self.manifest(version)
-        sha = hashlib.sha256()
-        with open(self.annotations_path(version), "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                sha.update(chunk)
-        if sha.hexdigest() != manifest["sha256"]:
+        if file_sha256(self.annotations_path(version)) != manifest["sha256"]:
             raise DatasetError(
                 f"{self.annotations_path(version)}: sha256 does not match {MANIFEST} "
                 "(the version was changed after publishing)"
@@ -464,6 +460,15 @@ class DatasetStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.layout.val_file(self.name), val_out, indent=None)
         return self.publish(coco, parent=None, round=0, note=f"imported from {source}")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def merged_licenses(*cocos: dict | None) -> list | None:
