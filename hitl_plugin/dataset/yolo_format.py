@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from hitl_plugin.dataset.coco import MAX_SHOWN, annotations_by_image, validate_coco
+from hitl_plugin.dataset.coco import _Problems as CappedProblems  # the same count and cap
 from hitl_plugin.dataset.export import yolo_line
 from hitl_plugin.exceptions import DatasetError
 
@@ -64,14 +65,13 @@ def find_data_yaml(folder: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-class _Problems:
-    """Problems of one read, each ``file:line: what`` relative to the dataset folder."""
+class _Problems(CappedProblems):
+    """Problems of one read, each ``file:line: what`` relative to the dataset folder (the
+    COCO validation's counting and cap)."""
 
     def __init__(self, base: Path, cap: int = MAX_SHOWN) -> None:
+        super().__init__(cap)
         self.base = base
-        self.cap = cap
-        self.shown: list[str] = []
-        self.total = 0
 
     def rel(self, path: Path) -> str:
         try:
@@ -79,11 +79,9 @@ class _Problems:
         except ValueError:
             return str(path)
 
-    def add(self, path: Path, message: str, line: int | None = None) -> None:
-        self.total += 1
-        if len(self.shown) < self.cap:
-            where = self.rel(path) + (f":{line}" if line is not None else "")
-            self.shown.append(f"{where}: {message}")
+    def add(self, path: Path, message: str, line: int | None = None) -> None:  # type: ignore[override]
+        where = self.rel(path) + (f":{line}" if line is not None else "")
+        super().add(f"{where}: {message}")
 
     def raise_if_any(self, data_yaml: Path) -> None:
         if self.total:
