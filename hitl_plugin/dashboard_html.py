@@ -90,7 +90,9 @@ def project_href(ls_url: str | None, project_id: int | None) -> str | None:
     """A Label Studio project's data manager page."""
     if not ls_url or project_id is None:
         return None
-    return f"{ls_url.rstrip('/')}/projects/{int(project_id)}/data"
+    from hitl_plugin.labeling.tasks import project_url
+
+    return project_url(ls_url, project_id)
 
 
 def _ls_link(ls_url: str | None, project_id: int | None, run_id: str,

@@ -42,11 +42,6 @@ def round_view_url(dag_id: str, run_id: str, base: str | None = None) -> str:
     return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}/plugin/{RUN_ROUTE}"
 
 
-def label_studio_project_url(ls_url: str, project_id: int) -> str:
-    """A Label Studio project's data manager."""
-    return f"{ls_url.rstrip('/')}/projects/{int(project_id)}/data"
-
-
 def _project_of(value: Any) -> int | None:
     if isinstance(value, dict) and value.get("project_id") not in (None, ""):
         try:
@@ -111,4 +106,6 @@ class LabelStudioProjectLink(BaseOperatorLink):
         except Exception as exc:  # a link is never worth failing a task for
             log.warning("No Label Studio link: connection %r unreadable (%s)", conn_id, exc)
             return ""
-        return label_studio_project_url(ls_url, project)
+        from hitl_plugin.labeling.tasks import project_url
+
+        return project_url(ls_url, project)

@@ -125,11 +125,12 @@ class LabelsReadySensor(HitlTaskMixin, BaseSensorOperator):
     def _tell(self, context: Context, event: dict | None) -> None:
         """Send ``labeling_ready`` (``event`` None) or ``deadline_near``, once."""
         from hitl_plugin import notify
+        from hitl_plugin.labeling.tasks import project_url
 
         plan, rnd = self._plan, self._round
         if plan is None or rnd is None:
             return
-        url = f"{self._ls_url}/projects/{plan['project_id']}/data" if self._ls_url else None
+        url = project_url(self._ls_url, plan["project_id"]) if self._ls_url else None
         if event is None:
             message = notify.labeling_ready(
                 dag_id=plan["dag_id"], run_id=plan["run_id"], project_id=plan["project_id"],

@@ -112,6 +112,11 @@ def label_config(class_names: list[str] | tuple[str, ...]) -> str:
             f'displayMode="region-list" rows="1"/></View>')
 
 
+def project_url(ls_url: str, project_id: int) -> str:
+    """A Label Studio project's page that a person opens: its data manager (the tasks)."""
+    return f"{ls_url.rstrip('/')}/projects/{int(project_id)}/data"
+
+
 def image_url(file_name: str, prefix: str | None = None) -> str:
     """The URL Label Studio reads an image stored under ``<storage root>/images`` from.
 
