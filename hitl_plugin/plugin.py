@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlparse
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Request  # in the module's globals: FastAPI resolves the routes' annotations
@@ -215,9 +214,9 @@ def create_app(root: Path | None = None):
         base = _base(request)
         if base.endswith(URL_PREFIX):
             return base[: -len(URL_PREFIX)]
-        from airflow.configuration import conf
+        from hitl_plugin.operators.links import airflow_ui_base
 
-        return urlparse(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+        return airflow_ui_base()
 
     def _theme(request: Request) -> str | None:
         theme = request.query_params.get("theme")
