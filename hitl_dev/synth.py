@@ -16,6 +16,7 @@ Output layout (``DIR``)::
     annotations/pool_truth.json
     noise_report.json                       # every injected error, requested/realised rates
     conditions.json                         # only with a tail: image id -> rare condition
+    images/val_drifted/, annotations/val_drifted.json, drift_report.json   # only with drift
 
 **A long tail** (``class_mix``, ``tail``), as real data has it: class imbalance (a relative
 weight per class, e.g. a rare class at 5 % of objects) and rare conditions, each given to a
@@ -30,10 +31,24 @@ shifts every box by the same fraction of its size. They are listed in ``noise_re
 as ``class_swap`` and ``bad_box`` errors with ``"systematic": "confusion" | "vendor"``; the
 random noise then goes to the boxes they left alone.
 
-Image ids are unique across splits (train first, then val, then pool); annotation ids are
-unique across all files. In ``train.json`` an annotation that is not an injected error has
-the same id, class and box as in ``train_truth.json``; a ``spurious`` one has a new id
-(larger than every truth id).
+**Drift** (``drift``), as a new season or a new camera brings it: the pool, and an extra
+clean held-out split ``val_drifted`` (``drift_val`` images, default as many as ``val``), are
+drawn in a *drifted world*, while train and val keep the look the model learned. There each
+image, with probability ``share``, gets every listed kind: ``background`` (a background
+family never drawn otherwise: dark, grainy coloured noise under broad diagonal bands; the
+shapes stay plain to see), ``colour`` (shapes in muted, dusty tones absent from
+:data:`PALETTE`, lower contrast; still only loosely tied to the class), ``scale`` (every
+diameter uniform in ``scale``, by default 5-12 % of the image side instead of 10-50 %) and
+``class_mix`` (classes drawn with other weights, by default the last class at 70 %). The
+rest of the drifted world's images look like the original. Drift takes the place of a tail
+condition's background or size, not of its occlusion. As everywhere here the images are
+synthetic and the truth is known: ``drift_report.json`` lists every drifted image with the
+kinds it got, and the pool's true boxes are in ``pool_truth.json`` as before.
+
+Image ids are unique across splits (train first, then val, then pool, then val_drifted);
+annotation ids are unique across all files. In ``train.json`` an annotation that is not an
+injected error has the same id, class and box as in ``train_truth.json``; a ``spurious`` one
+has a new id (larger than every truth id).
 
 The same arguments and seed give the same bytes in every file.
 """
@@ -76,11 +91,23 @@ CONDITIONS: tuple[str, ...] = ("small", "occluded", "background")
 SMALL_SIZE = (0.06, 0.12)
 OCCLUDED_MAX_OCCLUSION = 0.6
 OCCLUDED_OBJECTS = (4, 8)
+#: The kinds of drift (see the module docstring), and the splits drawn in the drifted world.
+DRIFT_KINDS: tuple[str, ...] = ("background", "colour", "scale", "class_mix")
+DRIFTED_SPLITS: tuple[str, ...] = ("pool", "val_drifted")
+#: Default ``scale`` drift: diameters as a fraction of the image side.
+DRIFT_SCALE = (0.05, 0.12)
+#: Default ``class_mix`` drift: the last class's share of objects (the rest share equally).
+DRIFT_SKEWED_SHARE = 0.7
 
 #: Base colors (RGB). Each class prefers two of them, but half of all shapes get any color.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (220, 50, 40), (40, 160, 60), (50, 80, 210), (230, 200, 40),
     (200, 60, 200), (40, 190, 200), (240, 140, 30), (235, 235, 235),
+)
+#: The ``colour`` drift's palette: muted, dusty mid-tones, none of them in :data:`PALETTE`.
+DRIFT_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (150, 110, 120), (110, 135, 105), (120, 115, 155), (165, 145, 105),
+    (95, 130, 140), (140, 100, 80), (175, 165, 150), (95, 95, 125),
 )
 
 
@@ -183,29 +210,64 @@ def _unusual_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return (a * check + b * (1 - check)).astype(np.float32)
 
 
-def _color(rng: np.random.Generator, cls: int) -> np.ndarray:
+def _drifted_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The ``background`` drift: dark, grainy coloured noise (fine and 2-pixel grain, each
+    channel its own) under broad diagonal bands of a second colour."""
+    base = rng.uniform(8, 35, size=3)
+    band = rng.uniform(25, 80, size=3)
+    period = size * float(rng.uniform(0.3, 0.6))
+    theta = math.pi / 4 + math.pi / 2 * int(rng.integers(0, 2)) + float(rng.uniform(-0.25, 0.25))
+    phase = float(rng.uniform(0, 2 * math.pi))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    wave = 0.5 + 0.5 * np.sin((xx * math.cos(theta) + yy * math.sin(theta))
+                              * 2 * math.pi / period + phase)
+    img = (base + wave[..., None] * band).astype(np.float32)
+    half = (size + 1) // 2
+    coarse = rng.normal(0, float(rng.uniform(15, 25)), size=(half, half, 3)).astype(np.float32)
+    img += np.kron(coarse, np.ones((2, 2, 1), np.float32))[:size, :size]
+    img += rng.normal(0, float(rng.uniform(10, 18)), size=img.shape).astype(np.float32)
+    return img
+
+
+def _color(rng: np.random.Generator, cls: int,
+           palette: tuple[tuple[int, int, int], ...] = PALETTE) -> np.ndarray:
     if rng.random() < 0.5:
-        choice = PALETTE[(cls * 3 + int(rng.integers(0, 2))) % len(PALETTE)]
+        choice = palette[(cls * 3 + int(rng.integers(0, 2))) % len(palette)]
     else:
-        choice = PALETTE[int(rng.integers(0, len(PALETTE)))]
+        choice = palette[int(rng.integers(0, len(palette)))]
     return np.clip(np.array(choice, np.float32) + rng.normal(0, 18, size=3), 0, 255)
 
 
 def _render(
     rng: np.random.Generator, size: int, classes: int, *,
     class_p: np.ndarray | None = None, condition: str | None = None,
+    look: frozenset[str] = frozenset(), size_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, list[dict], np.ndarray]:
     """Draw one image.
 
     :param class_p: probability of each class (None: uniform).
     :param condition: a rare condition of :data:`CONDITIONS`, or None.
+    :param look: the drifted look, a subset of ``{"background", "colour"}`` (see
+        :data:`DRIFT_KINDS`; the ``scale`` and ``class_mix`` drift come as ``size_range``
+        and ``class_p``). Empty: the original look, drawn exactly as ever.
+    :param size_range: diameters uniform in this range (fractions of ``size``), in place of
+        the original sizes and of the ``small`` condition's; None: those.
     :returns: uint8 RGB pixels, its objects (class index, tight box of the visible pixels,
         visible and full pixel counts) and the owner map (object index per pixel, -1 for
         background).
     """
     from PIL import Image, ImageFilter
 
-    img = _unusual_background(rng, size) if condition == "background" else _background(rng, size)
+    unknown = set(look) - {"background", "colour"}
+    if unknown:
+        raise ValueError(f"look: unknown {sorted(unknown)}; use background, colour")
+    if "background" in look:
+        img = _drifted_background(rng, size)
+    elif condition == "background":
+        img = _unusual_background(rng, size)
+    else:
+        img = _background(rng, size)
+    palette = DRIFT_PALETTE if "colour" in look else PALETTE
     max_occlusion = OCCLUDED_MAX_OCCLUSION if condition == "occluded" else MAX_OCCLUSION
     low, high = OCCLUDED_OBJECTS if condition == "occluded" else (MIN_OBJECTS, MAX_OBJECTS)
     wanted = int(rng.integers(low, high + 1))
@@ -216,7 +278,9 @@ def _render(
         tries += 1
         cls = (int(rng.integers(0, classes)) if class_p is None
                else int(rng.choice(classes, p=class_p)))
-        if condition == "small":
+        if size_range is not None:
+            diameter = size * float(rng.uniform(*size_range))
+        elif condition == "small":
             diameter = size * float(rng.uniform(*SMALL_SIZE))
         else:
             diameter = size * float(rng.uniform(MIN_SIZE, MAX_SIZE) if rng.random() < 0.6
@@ -242,7 +306,7 @@ def _render(
         for index in range(len(objects)):
             objects[index]["visible"] -= int((covered == index).sum())
         owner[mask] = len(objects)
-        color = _color(rng, cls)
+        color = _color(rng, cls, palette)
         ys, xs = np.nonzero(mask)  # a gentle linear shading across the shape
         gx, gy = rng.uniform(-1.0, 1.0, size=2) * 40.0 / max(radius, 1.0)
         shade = ((xs - cx) * gx + (ys - cy) * gy).astype(np.float32)[:, None]
@@ -341,14 +405,14 @@ def _spurious_box(rng: np.random.Generator, shapes: np.ndarray, boxes: list[list
 
 # -- long tail and systematic errors ------------------------------------------------------
 
-def _class_probabilities(mix, classes: int) -> np.ndarray | None:
+def _class_probabilities(mix, classes: int, field: str = "class_mix") -> np.ndarray | None:
     if mix is None:
         return None
     weights = np.array([float(v) for v in mix], dtype=float)
     if len(weights) != classes:
-        raise ValueError(f"class_mix has {len(weights)} weights for {classes} classes")
+        raise ValueError(f"{field} has {len(weights)} weights for {classes} classes")
     if not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError("class_mix weights must be finite, >= 0 and not all 0")
+        raise ValueError(f"{field} weights must be finite, >= 0 and not all 0")
     return weights / weights.sum()
 
 
@@ -373,6 +437,55 @@ def _draw_condition(rng: np.random.Generator, tail: dict[str, float] | None) -> 
         if u < edge:
             return condition
     return None
+
+
+def _check_drift(drift: dict | None, classes: int) -> dict | None:
+    """The normalized drift spec: ``kinds`` in :data:`DRIFT_KINDS` order, ``share``, and
+    ``class_mix`` / ``scale`` (defaults filled in) when their kind is listed."""
+    if drift is None:
+        return None
+    if not isinstance(drift, dict):
+        raise ValueError(f"drift must be a dict with kinds, share, class_mix, scale; "
+                         f"got {type(drift).__name__}")
+    unknown = set(drift) - {"kinds", "share", "class_mix", "scale"}
+    if unknown:
+        raise ValueError(f"drift: unknown key(s) {sorted(unknown)}; "
+                         "use kinds, share, class_mix, scale")
+    kinds = drift.get("kinds") or ()
+    if isinstance(kinds, str):
+        kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in DRIFT_KINDS:
+            raise ValueError(f"drift.kinds: unknown kind {kind!r}; use {', '.join(DRIFT_KINDS)}")
+    if not kinds:
+        raise ValueError(f"drift.kinds: name at least one of {', '.join(DRIFT_KINDS)}")
+    out: dict = {"kinds": [k for k in DRIFT_KINDS if k in kinds]}
+    share = float(drift.get("share", 1.0))
+    if not (math.isfinite(share) and 0.0 < share <= 1.0):
+        raise ValueError(f"drift.share must be in (0, 1], got {share}")
+    out["share"] = share
+    for key in ("class_mix", "scale"):
+        if drift.get(key) is not None and key not in out["kinds"]:
+            raise ValueError(f"drift.{key} is given but {key!r} is not in drift.kinds")
+    if "class_mix" in out["kinds"]:
+        mix = drift.get("class_mix")
+        if mix is None:
+            rest = round((1.0 - DRIFT_SKEWED_SHARE) / (classes - 1), 6) if classes > 1 else 0.0
+            mix = [rest] * (classes - 1) + [DRIFT_SKEWED_SHARE if classes > 1 else 1.0]
+        _class_probabilities(mix, classes, field="drift.class_mix")
+        out["class_mix"] = [float(v) for v in mix]
+    if "scale" in out["kinds"]:
+        scale = drift.get("scale")
+        scale = list(DRIFT_SCALE) if scale is None else scale
+        try:
+            lo, hi = (float(v) for v in scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"drift.scale must be [lo, hi], got {scale!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 < lo <= hi <= 0.6):
+            raise ValueError(f"drift.scale must be [lo, hi] with 0 < lo <= hi <= 0.6, "
+                             f"got [{lo}, {hi}]")
+        out["scale"] = [lo, hi]
+    return out
 
 
 def _check_systematic(systematic: dict | None, classes: int) -> dict | None:
@@ -492,6 +605,8 @@ def generate(
     class_mix: list[float] | tuple[float, ...] | None = None,
     tail: dict[str, float] | None = None,
     systematic: dict | None = None,
+    drift: dict | None = None,
+    drift_val: int | None = None,
 ) -> dict:
     """Write a synthetic dataset to ``out`` (see the module docstring for the layout).
 
@@ -512,7 +627,17 @@ def generate(
         {"share": s, "offset": [fx, fy]}}`` (either key may be left out): a share ``r`` of
         the train boxes of one class labeled as another, and a share ``s`` of train images
         whose every box is shifted by ``fx`` x its width and ``fy`` x its height.
-    :returns: small summary: counts, classes, requested and realised noise, seconds.
+    :param drift: ``{"kinds": [...], "share": s, "class_mix": [w1..wK], "scale": [lo, hi]}``:
+        the pool and ``val_drifted`` are drawn in a drifted world where a share ``s``
+        (default 1.0) of the images gets every kind in ``kinds`` (a non-empty subset of
+        :data:`DRIFT_KINDS`). ``class_mix`` (only with that kind; default: the last class
+        70 %, the others sharing the rest equally) and ``scale`` (only with that kind;
+        diameter as a fraction of the image side, ``0 < lo <= hi <= 0.6``; default
+        :data:`DRIFT_SCALE`). Truth in ``drift_report.json``. None: no drift, and the same
+        bytes as without this parameter.
+    :param drift_val: number of clean held-out images in the drifted world (only with
+        ``drift``); None: as many as ``val``.
+    :returns: small summary: counts, classes, requested and realised noise, drift, seconds.
     """
     from PIL import Image
 
@@ -530,6 +655,18 @@ def generate(
     class_p = _class_probabilities(class_mix, classes)
     tail = _check_tail(tail)
     systematic = _check_systematic(systematic, classes)
+    drift = _check_drift(drift, classes)
+    if drift_val is not None:
+        if drift is None:
+            raise ValueError("drift_val needs a drift spec (drift)")
+        if drift_val < 0:
+            raise ValueError(f"drift_val must be >= 0, got {drift_val}")
+    drift_p = (_class_probabilities(drift["class_mix"], classes, field="drift.class_mix")
+               if drift and "class_mix" in drift["kinds"] else None)
+    drift_size = tuple(drift["scale"]) if drift and "scale" in drift["kinds"] else None
+    splits = list(zip(SPLIT_NAMES, (train, val, pool)))
+    if drift:
+        splits.append(("val_drifted", val if drift_val is None else int(drift_val)))
 
     started = time.monotonic()
     root = Path(out)
@@ -541,9 +678,10 @@ def generate(
     truth: dict[str, list[dict]] = {}
     shape_masks: dict[int, np.ndarray] = {}  # train image id -> union of shape pixels
     conditions: dict[int, str] = {}
+    drifted: dict[int, list[str]] = {}  # image id -> drift kinds applied
     image_id, ann_id, done = 0, 0, 0
-    total = train + val + pool
-    for name, count in zip(SPLIT_NAMES, (train, val, pool)):
+    total = sum(count for _, count in splits)
+    for name, count in splits:
         folder = root / "images" / name
         folder.mkdir(parents=True, exist_ok=True)
         images[name], truth[name] = [], []
@@ -553,8 +691,16 @@ def generate(
             condition = _draw_condition(np.random.default_rng([seed, image_id, 11]), tail)
             if condition:
                 conditions[image_id] = condition
-            pixels, objects, owner = _render(rng, imgsz, classes, class_p=class_p,
-                                             condition=condition)
+            kinds: list[str] = []
+            if (drift and name in DRIFTED_SPLITS
+                    and np.random.default_rng([seed, image_id, 13]).random() < drift["share"]):
+                kinds = list(drift["kinds"])
+                drifted[image_id] = kinds
+            pixels, objects, owner = _render(
+                rng, imgsz, classes, condition=condition,
+                class_p=drift_p if "class_mix" in kinds else class_p,
+                look=frozenset(kinds) & {"background", "colour"},
+                size_range=drift_size if "scale" in kinds else None)
             file_name = f"{name}/{image_id:06d}.png"
             Image.fromarray(pixels).save(root / "images" / file_name, format="PNG",
                                          compress_level=6)
@@ -667,23 +813,39 @@ def generate(
     if tail:
         _dump(root / "conditions.json", {"tail": tail, "images": {
             str(k): v for k, v in sorted(conditions.items())}})
+    written = ["train", "train_truth", "val", "pool", "pool_truth"]
+    drift_counts: dict[str, int] = {}
+    if drift:
+        _dump(ann_dir / "val_drifted.json",
+              _coco(images["val_drifted"], truth["val_drifted"], categories))
+        written.append("val_drifted")
+        drift_counts = {name: sum(img["id"] in drifted for img in images[name])
+                        for name in DRIFTED_SPLITS}
+        _dump(root / "drift_report.json", {
+            "spec": drift, "share": drift["share"],
+            "images": {str(k): v for k, v in sorted(drifted.items())},
+            "counts": drift_counts})
 
     from hitl_plugin.dataset.coco import read_coco
 
-    for name in ("train", "train_truth", "val", "pool", "pool_truth"):
+    for name in written:
         read_coco(ann_dir / f"{name}.json")
 
     summary = {
         "out": str(root),
-        "images": {name: len(images[name]) for name in SPLIT_NAMES},
+        "images": {name: len(images[name]) for name, _ in splits},
         "annotations": {"train": len(noisy), "train_truth": n_truth,
-                        "val": len(truth["val"]), "pool_truth": len(truth["pool"])},
+                        "val": len(truth["val"]), "pool_truth": len(truth["pool"]),
+                        **({"val_drifted": len(truth["val_drifted"])} if drift else {})},
         "classes": [c["name"] for c in categories],
         "objects_per_class": _objects_per_class(truth, categories),
         "conditions": {c: sum(v == c for v in conditions.values()) for c in CONDITIONS}
         if tail else None,
         "noise": {"requested": noise, "realised": round(report["realised"]["noise"], 4),
                   "counts": realised_counts},
+        "drift": {"kinds": drift["kinds"], "share": drift["share"],
+                  "pool_drifted": drift_counts["pool"],
+                  "val_drifted": drift_counts["val_drifted"]} if drift else None,
         "seconds": round(time.monotonic() - started, 2),
     }
     log.info("synth: wrote %s", summary)
@@ -711,17 +873,48 @@ def main(argv: list[str] | None = None, prog: str = "hitl synth") -> int:
     parser.add_argument("--systematic", default=None,
                         help='JSON, e.g. {"confusion": {"from": "triangle", "to": "star", '
                         '"rate": 0.4}, "vendor": {"share": 0.3, "offset": [0.25, 0.2]}}')
+    parser.add_argument("--drift", default=None, metavar="KINDS",
+                        help="draw the pool and a val_drifted split in a drifted world: "
+                        f"comma-separated kinds of {','.join(DRIFT_KINDS)}")
+    parser.add_argument("--drift-share", type=float, default=None,
+                        help="share of the drifted world's images that get the kinds "
+                        "(default 1.0)")
+    parser.add_argument("--drift-class-mix", default=None, metavar="W1,W2,...",
+                        help="relative weight per class for the class_mix drift "
+                        f"(default: the last class {DRIFT_SKEWED_SHARE * 100:.0f}%%)")
+    parser.add_argument("--drift-scale", default=None, metavar="LO,HI",
+                        help="diameter range (fraction of the image side) for the scale "
+                        f"drift (default {DRIFT_SCALE[0]},{DRIFT_SCALE[1]})")
+    parser.add_argument("--drift-val", type=int, default=None, metavar="N",
+                        help="images in val_drifted (default: as many as --val)")
     args = parser.parse_args(argv)
+    if not args.drift:
+        given = [flag for flag, value in (
+            ("--drift-share", args.drift_share), ("--drift-class-mix", args.drift_class_mix),
+            ("--drift-scale", args.drift_scale), ("--drift-val", args.drift_val))
+            if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)} need(s) --drift KINDS")
     try:
         class_mix = ([float(v) for v in args.class_mix.split(",")] if args.class_mix
                      else None)
         tail = ({k.strip(): float(v) for k, v in (item.split("=", 1) for item in
                  args.tail.split(",") if item.strip())} if args.tail else None)
         systematic = json.loads(args.systematic) if args.systematic else None
+        drift = None
+        if args.drift:
+            drift = {"kinds": [k.strip() for k in args.drift.split(",") if k.strip()]}
+            if args.drift_share is not None:
+                drift["share"] = args.drift_share
+            if args.drift_class_mix:
+                drift["class_mix"] = [float(v) for v in args.drift_class_mix.split(",")]
+            if args.drift_scale:
+                drift["scale"] = [float(v) for v in args.drift_scale.split(",")]
         summary = generate(args.out, train=args.train, val=args.val, pool=args.pool,
                            classes=args.classes, imgsz=args.imgsz, noise=args.noise,
                            noise_split=args.noise_split, seed=args.seed, class_mix=class_mix,
-                           tail=tail, systematic=systematic)
+                           tail=tail, systematic=systematic, drift=drift,
+                           drift_val=args.drift_val)
     except (ValueError, json.JSONDecodeError) as exc:
         parser.error(str(exc))
     print(json.dumps(summary, indent=1))

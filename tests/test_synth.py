@@ -305,3 +305,255 @@ def test_truth_does_not_depend_on_the_errors(vendor, tmp_path):
 def test_bad_tail_or_systematic_settings_name_the_field(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         generate(tmp_path, train=2, val=1, pool=0, classes=3, imgsz=64, **bad)
+
+
+# -- drift: the pool and val_drifted drawn in a drifted world -------------------------------
+
+ALL_DRIFT = ["background", "colour", "scale", "class_mix"]
+DRIFT_BASE = dict(train=3, val=3, pool=12, classes=4, imgsz=64, noise=0.2, seed=21)
+
+
+def _pixels(root: Path, file_name: str) -> np.ndarray:
+    with Image.open(root / "images" / file_name) as im:
+        return np.asarray(im.convert("RGB"), dtype=float)
+
+
+def _boxes_by_image(root: Path, name: str) -> dict[int, list[dict]]:
+    data = _load(root, name)
+    out: dict[int, list[dict]] = {img["id"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        out[ann["image_id"]].append(ann)
+    return out
+
+
+def _outside_boxes(root: Path, img: dict, anns: list[dict]) -> np.ndarray:
+    """Pixels outside every truth box (background only), as rows of RGB."""
+    px = _pixels(root, img["file_name"])
+    keep = np.ones(px.shape[:2], bool)
+    for ann in anns:
+        x, y, w, h = (int(v) for v in ann["bbox"])
+        keep[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1] = False
+    return px[keep]
+
+
+@pytest.fixture(scope="module")
+def plain_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "plain"
+    generate(out, **DRIFT_BASE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def drifted(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("synth") / "drifted"
+    summary = generate(out, drift={"kinds": ALL_DRIFT}, drift_val=5, **DRIFT_BASE)
+    return out, summary
+
+
+def test_drift_none_gives_the_same_bytes_and_drift_leaves_train_and_val_alone(
+        tmp_path, plain_world, drifted):
+    generate(tmp_path / "none", drift=None, drift_val=None, **DRIFT_BASE)
+    plain = _all_files(plain_world)
+    assert _all_files(tmp_path / "none") == plain
+    assert not any(n.startswith(("images/val_drifted", "drift_report")) for n in plain)
+    # the world the model knew is drawn exactly as without drift
+    root, _ = drifted
+    changed = _all_files(root)
+    for name, data in plain.items():
+        if not name.startswith("images/pool/") and name not in (
+                "annotations/pool.json", "annotations/pool_truth.json"):
+            assert changed[name] == data, name
+    assert _load(root, "pool")["images"] == _load(plain_world, "pool")["images"]
+
+
+def test_val_drifted_is_a_clean_held_out_split_with_unique_ids(drifted, tmp_path):
+    root, summary = drifted
+    val_drifted = read_coco(root / "annotations" / "val_drifted.json")
+    assert [img["id"] for img in val_drifted["images"]] == list(range(19, 24))  # after pool
+    for img in val_drifted["images"]:
+        assert img["file_name"] == f"val_drifted/{img['id']:06d}.png"
+        assert (root / "images" / img["file_name"]).is_file()
+    assert val_drifted["annotations"] and val_drifted["categories"] == _load(root, "val")[
+        "categories"]
+    ann_ids = [a["id"] for n in ("train_truth", "val", "pool_truth", "val_drifted")
+               for a in _load(root, n)["annotations"]]
+    assert len(ann_ids) == len(set(ann_ids))
+    image_ids = [img["id"] for n in ("train", "val", "pool", "val_drifted")
+                 for img in _load(root, n)["images"]]
+    assert image_ids == list(range(1, 24))
+    # no errors are injected outside train
+    assert {e["image_id"] for e in json.loads((root / "noise_report.json").read_text())[
+        "errors"]} <= set(range(1, 4))
+    report = json.loads((root / "drift_report.json").read_text())
+    assert report["spec"] == {"kinds": ALL_DRIFT, "share": 1.0,
+                              "class_mix": [0.1, 0.1, 0.1, 0.7], "scale": [0.05, 0.12]}
+    assert report["share"] == 1.0
+    assert report["images"] == {str(i): ALL_DRIFT for i in range(7, 24)}
+    assert report["counts"] == {"pool": 12, "val_drifted": 5}
+    assert summary["images"] == {"train": 3, "val": 3, "pool": 12, "val_drifted": 5}
+    assert summary["drift"] == {"kinds": ALL_DRIFT, "share": 1.0, "pool_drifted": 12,
+                                "val_drifted": 5}
+    assert summary["annotations"]["val_drifted"] == len(val_drifted["annotations"])
+    # the truth of the pool is still there, and the same arguments give the same bytes
+    pool_truth = _load(root, "pool_truth")
+    assert pool_truth["annotations"] and {a["image_id"] for a in pool_truth["annotations"]} <= \
+        set(range(7, 19))
+    generate(tmp_path / "again", drift={"kinds": ALL_DRIFT}, drift_val=5, **DRIFT_BASE)
+    assert _all_files(tmp_path / "again") == _all_files(root)
+    # drift_val defaults to val
+    s = generate(tmp_path / "dv", train=0, val=2, pool=1, classes=2, imgsz=64,
+                 drift={"kinds": ["colour"]})
+    assert s["images"]["val_drifted"] == 2
+
+
+def test_background_drift_changes_the_background_statistics(tmp_path, plain_world):
+    generate(tmp_path, drift={"kinds": ["background"]}, drift_val=0, **DRIFT_BASE)
+    stats = {}
+    for label, root in (("plain", plain_world), ("drift", tmp_path)):
+        boxes = _boxes_by_image(root, "pool_truth")
+        means, grain = [], []
+        for img in _load(root, "pool")["images"]:
+            bg = _outside_boxes(root, img, boxes[img["id"]])
+            means.append(bg.mean())
+            px = _pixels(root, img["file_name"])
+            grain.append(np.abs(np.diff(px, axis=1)).mean())
+        stats[label] = (np.median(means), np.median(grain), np.std(means))
+    assert stats["drift"][0] < 0.6 * stats["plain"][0]      # dark
+    assert stats["drift"][1] > 1.2 * stats["plain"][1]      # grainy
+    assert stats["drift"][2] < stats["plain"][2]            # one family, not any colour
+    # the shapes still stand out: each one's mean colour is far from the background's
+    contrast = {}
+    for label, look in (("plain", frozenset()), ("drift", frozenset({"background"}))):
+        contrast[label] = []
+        for image_id in range(1, 31):
+            px, objects, owner = _render(np.random.default_rng([21, image_id]), 64, 4,
+                                         look=look)
+            px = px.astype(float)
+            bg = px[owner < 0].mean(axis=0)
+            contrast[label] += [np.linalg.norm(px[owner == i].mean(axis=0) - bg)
+                                for i in range(len(objects))]
+    assert np.median(contrast["drift"]) >= 0.8 * np.median(contrast["plain"])
+    assert np.percentile(contrast["drift"], 10) > 60
+
+
+def test_colour_drift_draws_other_colours_on_the_same_shapes(tmp_path, plain_world):
+    from hitl_dev.synth import DRIFT_PALETTE, PALETTE
+
+    generate(tmp_path, drift={"kinds": ["colour"]}, drift_val=0, **DRIFT_BASE)
+    # colour draws as many random numbers as before: same shapes, same truth
+    assert _load(tmp_path, "pool_truth") == _load(plain_world, "pool_truth")
+    assert not set(DRIFT_PALETTE) & set(PALETTE)
+    palette = np.array(PALETTE, float)
+    sat = {"plain": [], "drift": []}
+    dist = {"plain": [], "drift": []}
+    for image_id in range(1, 31):
+        for label, look in (("plain", frozenset()), ("drift", frozenset({"colour"}))):
+            px, objects, owner = _render(np.random.default_rng([21, image_id]), 64, 4,
+                                         look=look)
+            for index in range(len(objects)):
+                c = px[owner == index].astype(float).mean(axis=0)
+                sat[label].append(c.max() - c.min())
+                dist[label].append(np.linalg.norm(palette - c, axis=1).min())
+    assert len(sat["drift"]) == len(sat["plain"]) > 50
+    assert np.median(sat["drift"]) < 0.5 * np.median(sat["plain"])  # muted
+    assert np.median(dist["drift"]) > 2 * np.median(dist["plain"])  # not the old palette
+    assert np.median(sat["drift"]) > 10  # still coloured, not grey
+
+
+def test_scale_drift_makes_every_object_small(tmp_path, plain_world):
+    generate(tmp_path, drift={"kinds": ["scale"]}, drift_val=4, **DRIFT_BASE)
+    sides = [max(a["bbox"][2:]) for n in ("pool_truth", "val_drifted")
+             for a in _load(tmp_path, n)["annotations"]]
+    assert len(sides) >= 12 and max(sides) <= 0.12 * 64 + 2
+    plain = [max(a["bbox"][2:]) for a in _load(plain_world, "pool_truth")["annotations"]]
+    assert max(plain) > 0.12 * 64 + 2 and np.median(sides) < 0.5 * np.median(plain)
+    # a range of one's own
+    generate(tmp_path / "big", train=0, val=0, pool=6, classes=3, imgsz=64, seed=2,
+             drift={"kinds": ["scale"], "scale": [0.4, 0.45]})
+    big = [max(a["bbox"][2:]) for a in _load(tmp_path / "big", "pool_truth")["annotations"]]
+    assert big and max(big) <= 0.45 * 64 + 2 and np.median(big) > 0.25 * 64
+
+
+def test_class_mix_drift_skews_the_classes(tmp_path):
+    generate(tmp_path, train=0, val=8, pool=60, classes=4, imgsz=64, seed=3,
+             drift={"kinds": ["class_mix"]}, drift_val=4)
+    counts = np.bincount([a["category_id"] for a in _load(tmp_path, "pool_truth")[
+        "annotations"]], minlength=5)[1:]
+    assert 0.6 < counts[3] / counts.sum() < 0.8  # the last class, 70 % by default
+    assert all(0.03 < c / counts.sum() < 0.2 for c in counts[:3])
+    val = np.bincount([a["category_id"] for a in _load(tmp_path, "val")["annotations"]],
+                      minlength=5)[1:]
+    assert val[3] / val.sum() < 0.5  # val keeps the original, uniform mix
+    generate(tmp_path / "own", train=0, val=0, pool=5, classes=4, imgsz=64, seed=3,
+             drift={"kinds": ["class_mix"], "class_mix": [0, 0, 1, 0]}, drift_val=3)
+    got = {a["category_id"] for n in ("pool_truth", "val_drifted")
+           for a in _load(tmp_path / "own", n)["annotations"]}
+    assert got == {3}
+
+
+def test_share_drifts_about_half_and_the_report_lists_exactly_those(tmp_path):
+    kwargs = dict(train=0, val=0, pool=40, classes=3, imgsz=64, seed=1, drift_val=0)
+    generate(tmp_path / "plain", **{k: v for k, v in kwargs.items() if k != "drift_val"})
+    summary = generate(tmp_path / "half", drift={"kinds": ["background", "scale"],
+                                                 "share": 0.5}, **kwargs)
+    report = json.loads((tmp_path / "half" / "drift_report.json").read_text())
+    listed = {int(k) for k in report["images"]}
+    assert 12 <= len(listed) <= 28
+    assert all(v == ["background", "scale"] for v in report["images"].values())
+    assert report["counts"] == {"pool": len(listed), "val_drifted": 0}
+    assert summary["drift"]["pool_drifted"] == len(listed)
+    plain, half = _all_files(tmp_path / "plain"), _all_files(tmp_path / "half")
+    for image_id in range(1, 41):  # an image not listed is drawn exactly as without drift
+        name = f"images/pool/{image_id:06d}.png"
+        assert (half[name] != plain[name]) == (image_id in listed), image_id
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"drift": {"kinds": ["fog"]}},
+     "drift.kinds: unknown kind 'fog'; use background, colour, scale, class_mix"),
+    ({"drift": {"kinds": []}}, "drift.kinds"),
+    ({"drift": {"kinds": ["scale"], "share": 0}}, r"drift.share must be in \(0, 1\]"),
+    ({"drift": {"kinds": ["scale"], "share": 1.5}}, "drift.share"),
+    ({"drift": {"kinds": ["scale"], "scale": [0.2, 0.1]}}, "drift.scale"),
+    ({"drift": {"kinds": ["scale"], "scale": [0.0, 0.1]}}, "drift.scale"),
+    ({"drift": {"kinds": ["scale"], "scale": [0.1, 0.7]}}, "drift.scale"),
+    ({"drift": {"kinds": ["scale"], "scale": [0.1]}}, "drift.scale"),
+    ({"drift": {"kinds": ["class_mix"], "class_mix": [1, 2]}},
+     "drift.class_mix has 2 weights for 3 classes"),
+    ({"drift": {"kinds": ["class_mix"], "class_mix": [0, 0, 0]}}, "drift.class_mix weights"),
+    ({"drift": {"kinds": ["colour"], "class_mix": [1, 1, 1]}}, "drift.class_mix is given"),
+    ({"drift": {"kinds": ["colour"], "fog": 1}}, "drift: unknown key"),
+    ({"drift": {"kinds": ["colour"]}, "drift_val": -1}, "drift_val must be >= 0"),
+    ({"drift_val": 3}, "drift_val needs a drift spec"),
+])
+def test_bad_drift_settings_name_the_field(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tmp_path, train=2, val=1, pool=0, classes=3, imgsz=64, **bad)
+    assert not (tmp_path / "annotations").exists()  # rejected before anything is written
+
+
+def test_cli_drift_options(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "--drift-class-mix" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path / "d"), "--train", "1", "--val", "1", "--pool", "4",
+                 "--imgsz", "48", "--classes", "3", "--drift", "scale,class_mix",
+                 "--drift-share", "1", "--drift-class-mix", "0,1,0", "--drift-scale",
+                 "0.1,0.15", "--drift-val", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == {"train": 1, "val": 1, "pool": 4, "val_drifted": 2}
+    assert summary["drift"] == {"kinds": ["scale", "class_mix"], "share": 1.0,
+                                "pool_drifted": 4, "val_drifted": 2}
+    report = json.loads((tmp_path / "d" / "drift_report.json").read_text())
+    assert report["spec"] == {"kinds": ["scale", "class_mix"], "share": 1.0,
+                              "class_mix": [0.0, 1.0, 0.0], "scale": [0.1, 0.15]}
+    assert {a["category_id"] for a in _load(tmp_path / "d", "val_drifted")["annotations"]} \
+        == {2}
+    for bad in (["--drift", "fog"], ["--drift", "scale", "--drift-scale", "0.3,0.1"],
+                ["--drift", "scale", "--drift-scale", "x"], ["--drift-share", "0.5"],
+                ["--drift", "colour", "--drift-share", "2"], ["--drift-val", "3"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(tmp_path / "e"), *bad])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "drift.kinds: unknown kind 'fog'" in err and "need(s) --drift KINDS" in err
