@@ -41,8 +41,12 @@ def _subset(coco: dict, image_ids: set[int]) -> dict:
 
 
 def score_out_of_sample(rnd: Round, *, checkpoint: str, coco: dict, version: str, k: int,
-                        imgsz: int, base_weights: str | None) -> dict:
+                        imgsz: int, base_weights: str | None,
+                        drift_out: Path | None = None) -> dict:
     """Score ``coco``'s labeled images out of sample and its pool with ``checkpoint``.
+
+    :param drift_out: the drift step's inputs, kept while ``checkpoint`` scores the pool
+        (with the held-out set in the same pass).
 
     :return: like :func:`~hitl_plugin.model.score.score_images`, plus ``fold_seconds`` (the
         trainings' wall time) and ``folds`` (images per fold).
@@ -80,10 +84,14 @@ def score_out_of_sample(rnd: Round, *, checkpoint: str, coco: dict, version: str
         score_images(result["checkpoint"], _subset(coco, held), rnd.root, part, selection=sel,
                      imgsz=imgsz, device=t.device, threads=t.threads, splits=("train",))
         parts.append(part)
+    drift = {}
     if pool:
         part = rnd.paths.dir / ".scores.pool.jsonl"
-        score_images(checkpoint, _subset(coco, pool), rnd.root, part, selection=sel,
-                     imgsz=imgsz, device=t.device, threads=t.threads, splits=("pool",))
+        scored = score_images(checkpoint, _subset(coco, pool), rnd.root, part, selection=sel,
+                              imgsz=imgsz, device=t.device, threads=t.threads,
+                              splits=("pool",), drift_out=drift_out,
+                              reference=val if drift_out is not None else None)
+        drift = {"drift_inputs": scored["drift_inputs"]} if "drift_inputs" in scored else {}
         parts.append(part)
     out = rnd.paths.scores
     tmp = out.with_name(f".{out.name}.tmp")
@@ -102,4 +110,4 @@ def score_out_of_sample(rnd: Round, *, checkpoint: str, coco: dict, version: str
     log.info("Scored %s images out of sample (%s folds) in %.0f s, %.0f s of it training",
              n, k, seconds, train_seconds)
     return {"scores": str(out), "n_images": n, "seconds": round(seconds, 2),
-            "fold_seconds": round(train_seconds, 2), "folds": [len(f) for f in folds]}
+            "fold_seconds": round(train_seconds, 2), "folds": [len(f) for f in folds], **drift}

@@ -300,11 +300,16 @@ def predict_stream(
     iou: float = 0.6,
     batch: int = 16,
     threads: int = 2,
-) -> Iterable[tuple[str, list[dict]]]:
+    embeddings: bool = False,
+) -> Iterable[tuple]:
     """Yield ``(image path, boxes)`` for every image listed in ``list_file``, streamed.
 
     Boxes are dicts ``bbox`` (COCO pixels), ``cls`` (YOLO index), ``score`` and
     ``class_probs`` (per-class sigmoid scores, YOLO index order).
+
+    :param embeddings: yield ``(image path, boxes, embedding)``, the embedding being the
+        backbone's pooled output for the image (:func:`hitl_plugin.model.yolo.backbone_output`),
+        from the same forward pass.
     """
     from hitl_plugin.model import yolo
 
@@ -316,7 +321,7 @@ def predict_stream(
         torch.set_num_threads(max(1, threads))
     results = model.predict(
         str(list_file), stream=True, imgsz=imgsz, conf=conf, iou=iou, device=device,
-        batch=batch, verbose=False, predictor=yolo.class_prob_predictor(), save=False)
+        batch=batch, verbose=False, predictor=yolo.class_prob_predictor(embeddings), save=False)
     for r in results:
         boxes = []
         xyxy = r.boxes.xyxy.cpu().numpy()
@@ -331,7 +336,10 @@ def predict_stream(
                 "score": float(scores[k]),
                 "class_probs": None if probs is None else [float(v) for v in probs[k]],
             })
-        yield r.path, boxes
+        if embeddings:
+            yield r.path, boxes, r.embedding
+        else:
+            yield r.path, boxes
 
 
 def score_images(
@@ -347,6 +355,8 @@ def score_images(
     low_conf: float = LOW_CONF,
     batch: int = 16,
     threads: int = 2,
+    drift_out: str | os.PathLike[str] | None = None,
+    reference: dict | None = None,
 ) -> dict:
     """Score the images of a dataset version; write one :class:`ImageScore` per JSON line.
 
@@ -358,7 +368,12 @@ def score_images(
     :param imgsz: inference size in pixels.
     :param device: ``auto``, ``cpu`` or a CUDA index.
     :param splits: which ``hitl_split`` values to score.
-    :return: ``{"scores": path, "n_images": n, "seconds": s}``.
+    :param drift_out: also write the drift step's inputs there
+        (:class:`~hitl_plugin.model.drift.DriftInputs`, ``.npz``): every scored image's box
+        count, mean shown-box score and backbone embedding, from this same pass.
+    :param reference: with ``drift_out``: the held-out set's COCO dict, whose images the
+        same pass predicts too (split ``heldout`` in the drift inputs; not scored).
+    :return: ``{"scores": path, "n_images": n, "seconds": s}`` (plus ``drift_inputs``).
     """
     started = time.monotonic()
     layout = Layout.at(root)
@@ -371,6 +386,7 @@ def score_images(
         labels.setdefault(ann["image_id"], []).append(ann)
 
     by_path: dict[str, list[dict]] = {}
+    held: dict[str, list[dict]] = {}  # held-out images: predicted for the drift step only
     list_file = out_path.with_name(f".{out_path.stem}.images.txt")
     with open(list_file, "w", encoding="utf-8") as fh:
         for img in images:
@@ -378,14 +394,23 @@ def score_images(
             if path not in by_path:
                 fh.write(path + "\n")
             by_path.setdefault(path, []).append(img)
+        if drift_out is not None:
+            for img in (reference or {}).get("images", []):
+                path = str(layout.image_path(img["file_name"]))
+                if path not in by_path and path not in held:
+                    fh.write(path + "\n")
+                held.setdefault(path, []).append(img)
+    embed = drift_out is not None
+    drift_rows: list[tuple[int, str, list[dict], list[float]]] = []
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     n = 0
     try:
         with open(tmp, "w", encoding="utf-8") as out:
-            if by_path:
-                for path, boxes in predict_stream(
+            if by_path or held:
+                for path, boxes, *embedding in predict_stream(
                         checkpoint, list_file, imgsz=imgsz, device=device,
-                        conf=min(low_conf, selection.conf), batch=batch, threads=threads):
+                        conf=min(low_conf, selection.conf), batch=batch, threads=threads,
+                        embeddings=embed):
                     if boxes and max(b["cls"] for b in boxes) >= len(categories):
                         raise ValueError(
                             f"{checkpoint}: the model predicts class {max(b['cls'] for b in boxes)}"
@@ -395,11 +420,17 @@ def score_images(
                               "class_probs": None if b["class_probs"] is None
                               else [round(v, _ROUND) for v in b["class_probs"]]}
                              for b in boxes]
-                    for img in by_path.get(str(Path(path).resolve()), by_path.get(path, [])):
+                    resolved = str(Path(path).resolve())
+                    for img in by_path.get(resolved, by_path.get(path, [])):
                         record = score_record(img, labels.get(img["id"], []), preds, categories,
                                               selection, low_conf=low_conf)
                         out.write(record.model_dump_json() + "\n")
                         n += 1
+                        if embed:
+                            drift_rows.append((img["id"], record.split, preds, embedding[0]))
+                    if embed:
+                        for img in held.get(resolved, held.get(path, [])):
+                            drift_rows.append((img["id"], "heldout", preds, embedding[0]))
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, out_path)
@@ -408,9 +439,22 @@ def score_images(
         list_file.unlink(missing_ok=True)
     if n != len(images):
         raise RuntimeError(f"scored {n} of {len(images)} images (an image could not be read?)")
+    result = {"scores": str(out_path), "n_images": n}
+    if embed:
+        from hitl_plugin.model.drift import DriftInputs
+
+        n_held = sum(1 for row in drift_rows if row[1] == "heldout")
+        want = sum(len(v) for v in held.values())
+        if n_held != want:
+            raise RuntimeError(f"predicted {n_held} of {want} held-out images for the drift "
+                               "step (an image could not be read?)")
+        inputs = DriftInputs.from_rows(drift_rows, selection.conf)
+        result["drift_inputs"] = str(inputs.save(drift_out))
+        log.info("kept the drift step's inputs of %s images (%s held out; embeddings of %s "
+                 "numbers) -> %s", len(inputs), n_held, inputs.embedding.shape[1], drift_out)
     seconds = time.monotonic() - started
     log.info("scored %s images in %.1f s -> %s", n, seconds, out_path)
-    return {"scores": str(out_path), "n_images": n, "seconds": round(seconds, 2)}
+    return {**result, "seconds": round(seconds, 2)}
 
 
 def read_scores(path: str | os.PathLike[str]) -> Iterable[ImageScore]:

@@ -23,7 +23,9 @@ listed in :data:`PRIVATE_API` so that a test fails as soon as an upgrade renames
    the same weights (:func:`weight_mosaic_partners`), plus the per-epoch record read off the
    trainer (:func:`epoch_callback`) and the checkpoint's own format (:func:`checkpoint_state`).
 4. **The predictor** (:func:`class_prob_predictor`): keeps the full vector of per-class
-   scores of every box that survives NMS (``Results.boxes.conf`` holds only the top one).
+   scores of every box that survives NMS (``Results.boxes.conf`` holds only the top one),
+   and on request the backbone's pooled output per image (:func:`backbone_output`, for the
+   drift step), from the same forward pass.
 5. **The validator** (:func:`predictions_only_validator`): writes ``predictions.json`` and
    skips Ultralytics' own COCO evaluation (which would ``pip install`` faster-coco-eval).
 
@@ -71,6 +73,7 @@ PRIVATE_API: tuple[tuple[str, str], ...] = (
     ("ultralytics.utils.ops", "convert_torch2numpy_batch"),
     ("ultralytics.models.yolo.detect", "DetectionValidator.eval_json"),
     ("ultralytics.engine.trainer", "check_amp"),
+    ("ultralytics.nn.autobackend", "AutoBackend.__getattr__"),
 )
 
 #: Ultralytics' metric names -> ours.
@@ -563,12 +566,35 @@ def strip_optimizer(path: Path, out: Path | None = None, updates: dict | None = 
 # -- prediction and validation ---------------------------------------------------------
 
 
-def class_prob_predictor() -> type:
-    """A ``DetectionPredictor`` that attaches per-class sigmoid scores as ``r.class_probs``."""
+def backbone_output(model: Any):
+    """The last layer of a detection model's backbone (YOLOv8: ``SPPF``), whose output the
+    drift step pools into an image embedding.
+
+    :param model: a predictor's ``AutoBackend`` or a ``DetectionModel``.
+    """
+    # PRIVATE: AutoBackend forwards attributes to its backend, whose ``model`` is the
+    # DetectionModel of a ``.pt``; its ``yaml`` lists the backbone's layers first.
+    det = getattr(model, "model", model) if not hasattr(model, "yaml") else model
+    layers, spec = getattr(det, "model", None), getattr(det, "yaml", None)
+    if layers is None or not isinstance(spec, dict) or not spec.get("backbone"):
+        raise TypeError(f"{type(model).__name__}: not an Ultralytics detection model with a "
+                        "backbone (only .pt checkpoints give embeddings)")
+    return layers[len(spec["backbone"]) - 1]
+
+
+def class_prob_predictor(embeddings: bool = False) -> type:
+    """A ``DetectionPredictor`` that attaches per-class sigmoid scores as ``r.class_probs``.
+
+    :param embeddings: also attach ``r.embedding``, the backbone's output for the image
+        averaged over its spatial positions (a float32 vector; 256 numbers for YOLOv8n),
+        taken by a forward hook during the same inference: no second pass.
+    """
     from ultralytics.models.yolo.detect import DetectionPredictor
     from ultralytics.utils import nms
 
     class ClassProbPredictor(DetectionPredictor):
+        hitl_features = None
+
         # PRIVATE: on the CPU, AutoBackend.warmup() runs no forward pass; all it does is
         # import torchvision (1.5 s here, with torch._dynamo) so that NMS uses torchvision's
         # kernel. Marking the warm-up done leaves NMS to Ultralytics' own TorchNMS, which
@@ -577,6 +603,11 @@ def class_prob_predictor() -> type:
             super().setup_model(model, verbose)
             if self.device.type == "cpu":
                 self.done_warmup = True
+            if embeddings:
+                def keep(_module, _inputs, output) -> None:  # noqa: ANN001 - torch's hook
+                    self.hitl_features = output.detach().float().mean(dim=(2, 3)).cpu().numpy()
+
+                backbone_output(self.model).register_forward_hook(keep)
 
         # PRIVATE: postprocess() runs NMS; the kept indices (return_idxs) select the raw
         # per-class scores of each box, which Results does not carry.
@@ -591,8 +622,14 @@ def class_prob_predictor() -> type:
 
                 orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
             results = self.construct_results(out, img, orig_imgs)
+            features = self.hitl_features
+            if embeddings and (features is None or len(features) != len(results)):
+                raise RuntimeError("the backbone hook saw no output for this batch")
             for b, (r, idx) in enumerate(zip(results, keep)):
                 r.class_probs = raw[b, 4:4 + nc, idx.long()].T.float().cpu().numpy()
+                if embeddings:
+                    r.embedding = features[b]
+            self.hitl_features = None
             return results
 
     return ClassProbPredictor

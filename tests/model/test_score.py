@@ -345,3 +345,56 @@ def test_real_model_finds_the_errors_we_inject(clean_model, tmp_path, monkeypatc
     # images left alone score as before (same model, same labels)
     for image_id in set(recs) - {ia, ib, ic, id_}:
         assert recs[image_id].label_error_score == clean[image_id].label_error_score
+
+
+@pytest.mark.slow
+def test_the_drift_inputs_come_from_the_same_single_pass(clean_model, tmp_path, monkeypatch):
+    """With ``drift_out`` the one prediction pass also embeds every image (and predicts the
+    held-out set); the scores are the same as without it."""
+    from ultralytics.engine.model import Model
+
+    from hitl_plugin.model import yolo
+    from hitl_plugin.model.drift import DriftInputs
+    from hitl_plugin.model.score import score_images
+
+    work, root, coco, checkpoint = clean_model
+    from hitl_plugin.paths import Layout
+
+    val = json.loads(Layout.at(root).val_file("shapes").read_text())
+    plain = score_images(checkpoint, coco, root, tmp_path / "plain.jsonl",
+                         selection=SelectionConfig(), imgsz=128, device="cpu")
+    calls = []
+    real_predict = Model.predict
+
+    def spy(self, source=None, stream=False, **kw):
+        calls.append(source)
+        return real_predict(self, source, stream, **kw)
+
+    monkeypatch.setattr(Model, "predict", spy)
+    out = score_images(checkpoint, coco, root, tmp_path / "with.jsonl",
+                       selection=SelectionConfig(), imgsz=128, device="cpu",
+                       drift_out=tmp_path / "drift_inputs.npz", reference=val)
+    assert len(calls) == 1  # one pass for scores, embeddings and the held-out set
+    assert Path(out["scores"]).read_bytes() == Path(plain["scores"]).read_bytes()
+    inputs = DriftInputs.load(out["drift_inputs"])
+    assert sorted(set(inputs.split)) == ["heldout", "train"]
+    assert (inputs.split == "heldout").sum() == len(val["images"])
+    assert (inputs.split == "train").sum() == 24
+    assert inputs.embedding.shape == (24 + len(val["images"]), 256)  # YOLOv8n's SPPF
+    assert np.isfinite(inputs.embedding).all() and inputs.embedding.std() > 0
+    # the embedding is the backbone's last layer, pooled
+    import torch
+
+    model = yolo.load_offline_yolo(checkpoint).model.eval()
+    grabbed = {}
+
+    def keep(_module, _inputs, output):
+        grabbed["x"] = output.mean(dim=(2, 3))
+
+    yolo.backbone_output(model).register_forward_hook(keep)
+    assert type(yolo.backbone_output(model)).__name__ == "SPPF"
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    assert grabbed["x"].shape == (1, 256)
+    with pytest.raises(TypeError, match="backbone"):
+        yolo.backbone_output(torch.nn.Linear(2, 2))
