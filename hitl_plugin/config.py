@@ -446,12 +446,58 @@ class MergeConfig(_Section):
     )
 
 
+class DriftConfig(_Section):
+    """The drift step before selection: has the world the pool comes from changed?
+
+    It compares the pool with the held-out set (the world the model was trained for, which
+    it never trained on) on the model's outputs of the score pass: the per-image mean
+    confidence and box count (two-sample KS tests), the class of each image's most
+    confident box (chi-square) and the backbone's image embeddings (an MMD permutation
+    test). Drift is declared when one p-value is below ``alpha`` divided by the number of
+    signals (Bonferroni), so that false alarms stay at or below ``alpha``.
+    """
+
+    enabled: bool = Field(
+        default=True, description="Run the drift step (it adds no inference pass: the score "
+        "pass also embeds the pool and the held-out images).")
+    alpha: float = Field(
+        default=0.05, gt=0.0, lt=1.0,
+        description="False-alarm rate of the verdict (split over the signals, Bonferroni).")
+    permutations: int = Field(
+        default=500, ge=50, le=20000, description="Permutations of the MMD test.")
+    min_images: int = Field(
+        default=30, ge=5,
+        description="Fewer pool or held-out images than this: no test (verdict too_few_images).")
+    budget_factor: float = Field(
+        default=2.0, ge=1.0, le=20.0,
+        description="On drift: the round's labeling budget is multiplied by this.")
+    budget_cap: float = Field(
+        default=0.25, gt=0.0, le=1.0,
+        description="On drift: the raised budget is at most this fraction of train+pool "
+        "images (and never below the budget without drift).")
+    ood_share: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="On drift: share of the budget reserved for the pool images farthest "
+        "from the held-out set in embedding space (reason `drift`).")
+    neighbours: int = Field(
+        default=5, ge=1, le=100,
+        description="An image's out-of-distribution score: the mean distance of its "
+        "embedding to its this many nearest held-out embeddings.")
+    seed: int = Field(default=0, description="Seed of the permutation test.")
+
+
 class ScheduleConfig(_Section):
     """When the DAG runs."""
 
     cron: str | None = Field(default="0 2 * * *", description="Cron schedule; null for none.")
     on_new_version: bool = Field(
         default=False, description="Also run when a new dataset version is published (Asset)."
+    )
+    on_drift: bool = Field(
+        default=False,
+        description="Also run when the drift step detects drift in this dataset (Asset "
+        "`hitl://drift/<dataset>`). Off by default: the round that detects drift would "
+        "otherwise start the next one, and so on while the world stays changed.",
     )
 
 
@@ -468,6 +514,7 @@ class PipelineConfig(_Section):
     selection: SelectionConfig = SelectionConfig()
     labeling: LabelingConfig = LabelingConfig()
     merge: MergeConfig = MergeConfig()
+    drift: DriftConfig = DriftConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     notifications: NotificationsConfig = NotificationsConfig()
     config_path: str | None = Field(

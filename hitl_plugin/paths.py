@@ -101,6 +101,17 @@ class RoundPaths:
         return self.dir / "scores.jsonl"
 
     @property
+    def drift_inputs(self) -> Path:
+        """Box counts, confidences and embeddings of the scored and held-out images (score
+        step, for the drift step)."""
+        return self.dir / "drift_inputs.npz"
+
+    @property
+    def drift(self) -> Path:
+        """The drift step's signals, verdict, action and per-image OOD scores."""
+        return self.dir / "drift.json"
+
+    @property
     def auto_accept(self) -> Path:
         """The calibrated auto-accept threshold of the scoring model (score step)."""
         return self.dir / "auto_accept.json"
@@ -180,6 +191,11 @@ class RoundPaths:
     @property
     def plot(self) -> Path:
         return self.dir / "report.png"
+
+    @property
+    def drift_plot(self) -> Path:
+        """The drift signals of the round, pool against held-out set (report step)."""
+        return self.dir / "drift.png"
 
 
 @dataclass(frozen=True)

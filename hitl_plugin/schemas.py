@@ -44,7 +44,7 @@ def check_schema(data: dict, current: int, what: str) -> int:
     return version
 
 SuspicionKind = Literal["missing", "spurious", "class_swap", "bad_box"]
-ReasonKind = Literal["label_error", "uncertainty", "audit", "quota"]
+ReasonKind = Literal["label_error", "uncertainty", "audit", "quota", "drift"]
 
 
 class _Model(BaseModel):
@@ -170,6 +170,19 @@ class AutoAccepted(_Model):
     boxes: list[Prediction]
 
 
+class DriftApplied(_Model):
+    """What the drift step changed in the round's selection (``selection.json``)."""
+
+    detected: bool
+    #: the drift step's report (``drift.json``)
+    report: str
+    #: the budget without drift, and the one used
+    base_budget: int
+    budget: int
+    #: images reserved for the pool images farthest from the held-out set (reason ``drift``)
+    reserved: int
+
+
 class SelectionManifest(_Model):
     """What a round sends to the labeling service (``selection.json``)."""
 
@@ -190,6 +203,8 @@ class SelectionManifest(_Model):
     auto_accepted: list[AutoAccepted] = Field(default_factory=list)
     #: the gold tasks mixed into the items (``labeling.gold``): scored, never merged
     gold: list[GoldTruth] = Field(default_factory=list)
+    #: with the drift step: its verdict and what it changed (None: no drift step ran)
+    drift: DriftApplied | None = None
 
 
 AnswerKind = Literal["confirmed", "edited", "empty"]
@@ -399,6 +414,18 @@ class ScoreResult(TypedDict):
     seconds: float
     #: with ``selection.out_of_sample_folds``: labeled images per fold, training seconds
     out_of_sample: NotRequired[dict]
+    #: with ``drift.enabled``: the drift step's inputs from this pass (``drift_inputs.npz``)
+    drift_inputs: NotRequired[str]
+
+
+class DriftResult(TypedDict):
+    """The drift step's result: its report and what it asks of the selection."""
+
+    drift: str
+    verdict: str
+    detected: bool
+    #: per signal: its p-value (None: not tested)
+    p_values: dict[str, float | None]
 
 
 class Batch(TypedDict):

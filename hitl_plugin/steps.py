@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from hitl_plugin import package_version
+from hitl_plugin.assets_uri import drift_asset_uri
 from hitl_plugin.config import COMPLETIONS, ON_TIMEOUT, PipelineConfig, load_config, storage_root
 from hitl_plugin.exceptions import ArgumentError, ConfigError, DatasetError, LabelsNotReadyError
 from hitl_plugin.paths import Layout, RoundPaths
 from hitl_plugin.schemas import (
+    REPORT_SCHEMA,
     Batch,
     CollectResult,
     Corrections,
+    DriftResult,
     GateResult,
     MergeResult,
     PrepareResult,
@@ -376,16 +379,24 @@ def score(rnd: Round, *, checkpoint: str, version: str | None = None,
     coco = rnd.store.load(version)
     log.info("Scoring %s %s with %s at %s px", rnd.config.dataset.name, version, checkpoint,
              imgsz)
+    # the drift step's inputs come from this same pass, which also predicts the held-out set
+    drift_out = rnd.paths.drift_inputs if rnd.config.drift.enabled else None
+    rnd.paths.drift_inputs.unlink(missing_ok=True)  # never an earlier try's
+    reference = None
+    if drift_out is not None:
+        reference = json.loads(rnd.layout.val_file(rnd.config.dataset.name).read_text(
+            encoding="utf-8"))
     if rnd.config.selection.out_of_sample_folds:
         from hitl_plugin.model.folds import score_out_of_sample
 
         result = score_out_of_sample(rnd, checkpoint=checkpoint, coco=coco, version=version,
                                      k=rnd.config.selection.out_of_sample_folds, imgsz=imgsz,
-                                     base_weights=base_weights(rnd.config))
+                                     base_weights=base_weights(rnd.config),
+                                     drift_out=drift_out)
     else:
         result = score_images(checkpoint, coco, rnd.root, rnd.paths.scores,
                               selection=rnd.config.selection, imgsz=imgsz, device=t.device,
-                              threads=t.threads)
+                              threads=t.threads, drift_out=drift_out, reference=reference)
     log.info("Scored %s images in %s s", result["n_images"], result["seconds"])
     sel = rnd.config.selection
     if sel.auto_accept and sel.auto_accept_threshold is None:
@@ -407,15 +418,75 @@ def score(rnd: Round, *, checkpoint: str, version: str | None = None,
     if "folds" in result:
         out["out_of_sample"] = {"folds": result["folds"],
                                 "fold_seconds": result["fold_seconds"]}
+    if "drift_inputs" in result:
+        out["drift_inputs"] = result["drift_inputs"]
     return out
 
 
+def drift(rnd: Round, *, scores: str, version: str,
+          model_version: str | None = None) -> DriftResult:
+    """Has the pool drifted from the held-out set's world? Write ``drift.json``.
+
+    Reads the inputs the score pass kept beside ``scores`` (``drift_inputs.npz``): box
+    counts, confidences and backbone embeddings of the pool and the held-out images. Tests
+    them (:func:`hitl_plugin.model.drift.detect`), and records the verdict, each signal's
+    statistic and p-value, the per-image out-of-distribution scores and, on drift, what the
+    select step will do (the raised budget, the share reserved for the most
+    out-of-distribution images). With ``drift.enabled: false`` the report says so and the
+    selection is unchanged.
+    """
+    from hitl_plugin.model.drift import DriftInputs, detect
+
+    cfg = rnd.config.drift
+    inputs_file = Path(scores).with_name(rnd.paths.drift_inputs.name)
+    base = {"schema_version": REPORT_SCHEMA, "dag_id": rnd.dag_id, "run_id": rnd.run_id,
+            "dataset": rnd.config.dataset.name, "version": version,
+            "model_version": model_version, "enabled": cfg.enabled,
+            "settings": cfg.model_dump(),
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if not cfg.enabled:
+        report = {**base, "verdict": "disabled", "detected": False,
+                  "reason": "drift.enabled is false", "signals": {}, "ood": {}}
+    elif not inputs_file.is_file():
+        raise DatasetError(f"{inputs_file} is missing: the score step keeps the drift step's "
+                           "inputs when drift.enabled is true (was it scored with another "
+                           "config?)")
+    else:
+        inputs = DriftInputs.load(inputs_file)
+        report = {**base, **detect(inputs, alpha=cfg.alpha, permutations=cfg.permutations,
+                                   min_images=cfg.min_images, neighbours=cfg.neighbours,
+                                   seed=cfg.seed)}
+        report["action"] = {  # what the select step does with it (the manifest records it)
+            "budget_factor": cfg.budget_factor if report["detected"] else 1.0,
+            "budget_cap": cfg.budget_cap, "ood_share": cfg.ood_share if report["detected"]
+            else 0.0,
+            "asset": drift_asset_uri(rnd.config.dataset.name) if report["detected"] else None}
+    path = write_json_atomic(rnd.paths.drift, report)
+    signals = report.get("signals", {})
+    p_values = {k: v.get("p_value") for k, v in signals.items()}
+    shown = ", ".join(f"{k} {v['test']} stat {v['statistic']} p {v['p_value']:.3g}"
+                      for k, v in signals.items() if v.get("p_value") is not None)
+    log.info("Drift: %s (%s pool vs %s held-out images%s): %s -> %s", report["verdict"],
+             report.get("n_pool", 0), report.get("n_reference", 0),
+             f"; {shown}" if shown else "", report["reason"], path)
+    if report["detected"]:
+        log.warning("Drift detected in %s: the select step multiplies the budget by %s (at "
+                    "most %s of the images) and reserves %s%% of it for the pool images least "
+                    "like the held-out set", rnd.config.dataset.name, cfg.budget_factor,
+                    cfg.budget_cap, round(100 * cfg.ood_share))
+    return {"drift": str(path), "verdict": report["verdict"], "detected": report["detected"],
+            "p_values": p_values}
+
+
 def select(rnd: Round, *, scores: str, version: str, model_version: str,
-           budget: int | float | None = None, strategy: str | None = None) -> SelectResult:
+           budget: int | float | None = None, strategy: str | None = None,
+           drift: str | None = None) -> SelectResult:
     """Choose the round's images from the scores; write ``selection.json``.
 
     :param budget: images to select, a count or a fraction in (0, 1) (default: the config).
     :param strategy: one of :data:`~hitl_plugin.config.STRATEGIES` (default: the config).
+    :param drift: the drift step's ``drift.json``: on drift, the budget rises and a share
+        goes to the most out-of-distribution pool images (``drift`` config).
     :return: the selection's path and counts, and the fan-out ``batches`` of
         ``labeling.batch_size`` images each.
     """
@@ -438,7 +509,8 @@ def select(rnd: Round, *, scores: str, version: str, model_version: str,
         dataset=rnd.config.dataset.name, version=version, model_version=model_version,
         budget=budget, strategy=strategy,
         auto_accept=acceptance(rnd.config.selection, calibration=calibration,
-                               model_version=model_version), exclude=gold)
+                               model_version=model_version), exclude=gold,
+        drift=drift_plan(rnd, drift) if drift else None)
     if gold or (lab.annotators_per_task > 1 and lab.overlap > 0):
         from hitl_plugin.labeling.gold import mix_gold
 
@@ -455,6 +527,18 @@ def select(rnd: Round, *, scores: str, version: str, model_version: str,
                  len(manifest.auto_accepted), sum(len(a.boxes) for a in manifest.auto_accepted))
     return {"selection": str(path), "n_selected": len(manifest.items), "by_reason": by_reason,
             "batches": batches(len(manifest.items), rnd.config.labeling.batch_size, path)}
+
+
+def drift_plan(rnd: Round, report_path: str):
+    """The drift step's report as the selection's :class:`~hitl_plugin.model.select.DriftPlan`."""
+    from hitl_plugin.model.select import DriftPlan
+
+    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    cfg = rnd.config.drift
+    return DriftPlan(detected=bool(report.get("detected")), report=str(report_path),
+                     budget_factor=cfg.budget_factor, budget_cap=cfg.budget_cap,
+                     ood_share=cfg.ood_share,
+                     ood={int(k): float(v) for k, v in (report.get("ood") or {}).items()})
 
 
 # -- labeling -----------------------------------------------------------------------------
@@ -715,5 +799,5 @@ def report(rnd: Round, *, base_version: str, train: TrainResult, gate: GateResul
 
 
 __all__ = ["Round", "WaitPlan", "approval_request", "check_wait", "checked_batch", "collect",
-           "finish_wait", "gate", "wait_error", "merge", "plan_wait", "prepare", "report", "score",
-           "select", "submit", "train", "warm_start"]
+           "drift", "finish_wait", "gate", "wait_error", "merge", "plan_wait", "prepare",
+           "report", "score", "select", "submit", "train", "warm_start"]

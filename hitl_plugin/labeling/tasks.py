@@ -160,6 +160,10 @@ def reason_text(sample: SelectedSample, names: dict[int, str]) -> str:
         return "A random audit sample: check every box."
     if sample.reason == "quota":
         return f"Chosen for its class (score {sample.score:.3f}): check every box."
+    if sample.reason == "drift":
+        return (f"New-looking data: this image is unlike the data the model was trained for "
+                f"(out-of-distribution score {sample.score:.2f}); check every box, and add "
+                "the objects the model missed.")
     return f"{sample.reason} (score {sample.score:.3f})"
 
 

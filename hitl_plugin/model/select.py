@@ -25,6 +25,14 @@ number of train + pool images)``, capped by the number of scored images.
 stamped by the merge) is not selected again, by any strategy: people's time goes to images
 nobody has checked yet.
 
+**Drift** (the drift step's verdict, ``drift``): when the pool has drifted from the held-out
+set's world, the budget becomes ``budget x drift.budget_factor``, at most
+``drift.budget_cap`` of the train + pool images (never below the budget without drift), and
+``round(drift.ood_share x n)`` of the ranked places (``n`` = budget minus the audit) go first
+to the pool images with the highest out-of-distribution score (reason ``drift``); the
+strategy fills the rest. The random strategy keeps its draw (it is the baseline) but takes
+the raised budget.
+
 **Audit.** ``round(audit_fraction x budget)`` images are drawn uniformly from the images the
 scores did not choose (the random audit Amazon A2I offers): it measures what the scores miss.
 
@@ -65,6 +73,7 @@ from hitl_plugin.schemas import (
     AutoAccepted,
     Batch,
     Category,
+    DriftApplied,
     ImageScore,
     LabelBox,
     SelectedSample,
@@ -73,6 +82,20 @@ from hitl_plugin.schemas import (
 
 log = logging.getLogger(__name__)
 
+
+
+@dataclass(frozen=True)
+class DriftPlan:
+    """What the drift step asks of the selection (:func:`hitl_plugin.steps.select` reads it
+    from ``drift.json`` and the ``drift`` config)."""
+
+    detected: bool
+    report: str
+    budget_factor: float = 2.0
+    budget_cap: float = 0.25
+    ood_share: float = 0.5
+    #: pool image id -> out-of-distribution score
+    ood: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +148,7 @@ def select_samples(
     seed: int | None = None,
     auto_accept: AutoAcceptance | None = None,
     exclude: Collection[int] = (),
+    drift: DriftPlan | None = None,
 ) -> SelectionManifest:
     """Select the round's images from a scores file.
 
@@ -137,6 +161,8 @@ def select_samples(
     :param auto_accept: the round's auto-accept threshold (None: off).
     :param exclude: image ids never to select (the round's gold images: they go to people
         as gold tasks).
+    :param drift: the drift step's verdict and settings (None: no drift step ran). On drift
+        the budget rises and a share of it goes to the most out-of-distribution pool images.
     :return: the manifest (not yet written: the select step writes it).
     """
     strategy = strategy or selection.strategy
@@ -179,6 +205,13 @@ def select_samples(
     n_images = sum(1 for img in coco["images"]
                    if img.get("hitl_split", "train") in ("train", "pool"))
     total = resolve_budget(selection, n_images, budget)
+    base_budget = total
+    if drift is not None and drift.detected:
+        from hitl_plugin.model.drift import drift_budget
+
+        total = drift_budget(total, n_images, factor=drift.budget_factor, cap=drift.budget_cap)
+        log.info("drift detected: budget %s -> %s (x%s, at most %s of %s images)",
+                 base_budget, total, drift.budget_factor, drift.budget_cap, n_images)
     total = min(total, len(rows))
 
     train = [r for r in rows if r.split == "train"]
@@ -191,6 +224,17 @@ def select_samples(
     else:
         n_audit = min(round(selection.audit_fraction * total), total)
         n_ranked = total - n_audit
+        reserved: list[tuple[_Row, str, float]] = []
+        if drift is not None and drift.detected and drift.ood_share > 0:
+            # the pool images farthest from the held-out set's world, before any strategy
+            far = sorted((r for r in pool if r.image_id in drift.ood),
+                         key=lambda r: (-drift.ood[r.image_id], r.image_id))
+            reserved = [(r, "drift", drift.ood[r.image_id])
+                        for r in far[:round(drift.ood_share * n_ranked)]]
+            taken = {r.image_id for r, _, _ in reserved}
+            train = [r for r in train if r.image_id not in taken]
+            pool = [r for r in pool if r.image_id not in taken]
+            n_ranked -= len(reserved)
         by_error = [(r, "label_error", r.label_error) for r in _ranked(train, "label_error")]
         by_unc = [(r, "uncertainty", r.uncertainty) for r in _ranked(pool, "uncertainty")]
         if strategy == "label_error":
@@ -206,7 +250,7 @@ def select_samples(
             queue = by_unc[:n_pool] + by_error[:n_train] + by_error[n_train:] + by_unc[n_pool:]
             queue = queue[:n_pool + n_train] + sorted(
                 queue[n_pool + n_train:], key=lambda t: (-t[2], t[0].image_id))
-        picks = queue[:n_ranked]
+        picks = reserved + queue[:n_ranked]
         rest = queue[n_ranked:]
         if quota:
             picks = _apply_quotas(picks, rest, quota)
@@ -257,6 +301,9 @@ def select_samples(
         categories=[Category(id=c["id"], name=c["name"])
                     for c in sorted(coco["categories"], key=lambda c: c["id"])],
         strategy=strategy, budget=total, seed=seed, items=items, auto_accept=auto_accept,
+        drift=None if drift is None else DriftApplied(
+            detected=drift.detected, report=drift.report, base_budget=base_budget,
+            budget=total, reserved=sum(1 for _, reason, _ in picks if reason == "drift")),
         auto_accepted=[AutoAccepted(
             image_id=i, file_name=images[i]["file_name"], width=int(images[i]["width"]),
             height=int(images[i]["height"]),
@@ -285,7 +332,7 @@ def _apply_quotas(
             victim = None
             for k in range(len(picks) - 1, -1, -1):
                 r, reason, _ = picks[k]
-                if reason == "quota" or cls in r.classes:
+                if reason in ("quota", "drift") or cls in r.classes:
                     continue
                 if any(counts[c] - 1 < quota[c] for c in r.classes if c in met):
                     continue

@@ -272,3 +272,44 @@ def test_bench_builtin_weights_are_the_shipped_checkpoint():
     from hitl_plugin.model.train import BUILTIN_BASE
 
     assert builtin_weights() == BUILTIN_BASE and BUILTIN_BASE.is_file()
+
+
+def _plan(detected: bool, ood: dict[int, float], **kw):
+    from hitl_plugin.model.select import DriftPlan
+
+    return DriftPlan(detected=detected, report="drift.json", ood=ood, **kw)
+
+
+def test_drift_raises_the_budget_and_reserves_the_most_out_of_distribution(tmp_path):
+    path, coco = make(tmp_path)  # 40 train, 20 pool (ids 41..60)
+    ood = {i: i / 100 for i in range(41, 61)}  # the last pool images look least familiar
+    plain = run(path, coco, budget=6, strategy="hybrid")
+    m = run(path, coco, budget=6, strategy="hybrid",
+            drift=_plan(True, ood, budget_factor=2.0, budget_cap=0.5, ood_share=0.5))
+    assert m.budget == 12 and len(m.items) == 12
+    reserved = [i.image_id for i in m.items if i.reason == "drift"]
+    assert reserved == [60, 59, 58, 57, 56, 55]  # round(0.5 x 12), highest score first
+    assert [i.score for i in m.items if i.reason == "drift"][0] == pytest.approx(0.6)
+    assert m.drift.detected and (m.drift.base_budget, m.drift.budget, m.drift.reserved) == (
+        6, 12, 6)
+    # the strategy fills the rest without the reserved images
+    rest = [i.image_id for i in m.items if i.reason != "drift"]
+    assert not set(rest) & set(reserved) and len(rest) == 6
+    # no drift: the selection is the plain one, with the verdict recorded
+    same = run(path, coco, budget=6, strategy="hybrid", drift=_plan(False, ood))
+    assert [i.image_id for i in same.items] == [i.image_id for i in plain.items]
+    assert same.drift.detected is False and same.drift.reserved == 0
+    assert plain.drift is None
+
+
+def test_drift_budget_cap_and_quotas_keep_the_reserved(tmp_path):
+    path, coco = make(tmp_path)
+    ood = {i: i / 100 for i in range(41, 61)}
+    capped = run(path, coco, budget=6, drift=_plan(True, ood, budget_factor=10.0,
+                                                   budget_cap=0.25))
+    assert capped.budget == 15  # a quarter of the 60 images
+    sel = SelectionConfig(audit_fraction=0.0, per_class_quota={"triangle": 3})
+    m = run(path, coco, budget=6, selection=sel,
+            drift=_plan(True, ood, budget_factor=2.0, ood_share=0.5))
+    assert sum(1 for i in m.items if i.reason == "drift") == 6  # quotas displace others
+    assert sum(1 for i in m.items if i.reason == "quota") >= 1
