@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
-from hitl_plugin.assets_uri import dataset_asset
+from hitl_plugin.assets_uri import dataset_asset, drift_asset
 from hitl_plugin.config import COMPLETIONS, STRATEGIES, PipelineConfig, check_configs
 from hitl_plugin.exceptions import ConfigError
 
@@ -45,7 +45,14 @@ class ConfigErrorDag(DAG):
 
 def _schedule(config: PipelineConfig):
     cron = config.schedule.cron
-    asset = dataset_asset(config.dataset.name) if config.schedule.on_new_version else None
+    assets = []
+    if config.schedule.on_new_version:
+        assets.append(dataset_asset(config.dataset.name))
+    if config.schedule.on_drift:  # opt-in: a detection would otherwise start round after round
+        assets.append(drift_asset(config.dataset.name))
+    asset = None
+    for one in assets:
+        asset = one if asset is None else asset | one
     # run_immediately=0: unpausing must not start a run for an interval that already passed
     # (by default a daily cron runs the past interval if it is less than 2.4 h old).
     timetable = (
@@ -142,7 +149,12 @@ def build_dag(config: PipelineConfig) -> DAG:
     from hitl_plugin.operators.labeling import CollectCorrectionsOperator, SubmitForLabelingOperator
     from hitl_plugin.operators.merge import MergeCorrectionsOperator
     from hitl_plugin.operators.model import PromoteModelOperator, YoloTrainOperator
-    from hitl_plugin.operators.selection import ScoreSamplesOperator, SelectSamplesOperator
+    from hitl_plugin.operators.selection import (
+        DetectDriftOperator,
+        DriftEventOperator,
+        ScoreSamplesOperator,
+        SelectSamplesOperator,
+    )
     from hitl_plugin.sensors.label_studio import LabelsReadySensor
 
     path = config.config_path or ""
@@ -161,7 +173,8 @@ def build_dag(config: PipelineConfig) -> DAG:
         tags=["hitl", config.dataset.name],
         on_failure_callback=failure_notifiers(config),
         doc_md=f"Pipeline config: `{path}`. Each run is one round: train, evaluate, gate, "
-        "score, select, submit to Label Studio, wait for people, collect, merge.",
+        "score, detect drift, select, submit to Label Studio, wait for people, collect, "
+        "merge.",
     ) as dag:
         prepare = PrepareDatasetOperator(task_id="prepare", config_path=path)
         version = prepare.output["version"]
@@ -181,10 +194,18 @@ def build_dag(config: PipelineConfig) -> DAG:
             task_id="score", config_path=path, checkpoint=promote.output["checkpoint"],
             version=version, imgsz="{{ params.imgsz }}", **model_queue,
         )
+        drift = None
+        if config.drift.enabled:  # before selection: has the pool drifted?
+            drift = DetectDriftOperator(
+                task_id="detect_drift", config_path=path, scores=score.output["scores"],
+                version=version, model_version=promote.output["model_version"])
+            DriftEventOperator(task_id="drift_event", config_path=path, drift=drift.output,
+                               outlets=[drift_asset(config.dataset.name)])
         select = SelectSamplesOperator(
             task_id="select", config_path=path, scores=score.output["scores"], version=version,
             model_version=promote.output["model_version"],
             budget="{{ params.budget }}", strategy="{{ params.strategy }}",
+            drift=drift.output["drift"] if drift is not None else None,
         )
 
         @task

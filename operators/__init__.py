@@ -18,6 +18,8 @@ _CLASSES = {
     "CheckpointApprovalOperator": "approval",
     "ScoreSamplesOperator": "selection",
     "SelectSamplesOperator": "selection",
+    "DetectDriftOperator": "selection",
+    "DriftEventOperator": "selection",
     "SubmitForLabelingOperator": "labeling",
     "CollectCorrectionsOperator": "labeling",
     "MergeCorrectionsOperator": "merge",

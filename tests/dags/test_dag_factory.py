@@ -156,3 +156,50 @@ def test_a_notifier_that_cannot_be_built_is_the_configs_import_error(tmp_path, m
     (error,) = bag.import_errors.values()
     assert "notifications.notifiers.0.class: Value error, cannot import " \
         "'hitl_recording_notifier.Missing'" in error
+
+
+def _shapes_dag(tmp_path, **sections):
+    import yaml
+
+    dags = tmp_path / "dags"
+    (dags / "configs").mkdir(parents=True)
+    shutil.copy(DAG_FILE, dags)
+    config = yaml.safe_load((REPO / "dags" / "configs" / "shapes.yaml").read_text())
+    for key, value in sections.items():
+        config.setdefault(key, {}).update(value)
+    (dags / "configs" / "shapes.yaml").write_text(yaml.safe_dump(config))
+    bag = _dagbag(dags)
+    assert bag.import_errors == {}
+    return bag.dags["hitl_shapes"]
+
+
+def test_the_drift_step_runs_between_score_and_select_and_emits_on_its_asset(tmp_path):
+    dag = _shapes_dag(tmp_path)
+    drift, event, select = (dag.task_dict[t] for t in ("detect_drift", "drift_event",
+                                                       "select"))
+    assert "score" in drift.upstream_task_ids and "detect_drift" in select.upstream_task_ids
+    assert event.upstream_task_ids == {"detect_drift"} and not event.downstream_task_ids
+    assert [a.uri for a in event.outlets] == ["hitl://drift/shapes"]
+    assert drift.outlets == [] and select.outlets == []  # only a detection emits an event
+    # not scheduled on its own drift Asset unless the config opts in
+    assert "hitl://drift/shapes" not in repr(dag.timetable)
+
+
+def test_drift_disabled_leaves_the_round_as_it_was(tmp_path):
+    dag = _shapes_dag(tmp_path, drift={"enabled": False})
+    assert "detect_drift" not in dag.task_dict and "drift_event" not in dag.task_dict
+    assert dag.task_dict["select"].drift is None
+
+
+def test_on_drift_schedules_the_pipeline_on_the_drift_asset(tmp_path):
+    from airflow.sdk import Asset
+
+    dag = _shapes_dag(tmp_path, schedule={"on_drift": True, "on_new_version": True,
+                                          "cron": None})
+    uris = {a.uri for a in dag.timetable.asset_condition.iter_assets().values()} if hasattr(
+        dag.timetable.asset_condition, "iter_assets") else set()
+    if not uris:  # older SDKs: the condition's objects
+        uris = {o.uri for o in dag.timetable.asset_condition.objects if isinstance(o, Asset)}
+    assert uris == {"hitl://drift/shapes", "hitl://datasets/shapes"}
+    only = _shapes_dag(tmp_path / "b", schedule={"on_drift": True, "cron": "0 2 * * *"})
+    assert "hitl://drift/shapes" in repr(only.timetable.asset_condition)
