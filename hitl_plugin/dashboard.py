@@ -2,7 +2,8 @@
 
 :func:`pipeline_view` gathers one pipeline: its rounds (the round reports, and the rounds
 still running with their stage), the numbers each round table cell shows, the dataset the
-pipeline trains on and that dataset's lineage. :func:`run_view` gathers one round.
+pipeline trains on and that dataset's lineage, and each round's drift p-values.
+:func:`run_view` gathers one round, with its drift section (:func:`round_drift`).
 :func:`waiting_plan` is what a live progress count of a round that waits for people needs
 (its Label Studio project, the tasks the submit step recorded, the wait's deadline), and
 :func:`progress` counts it through a Label Studio client. :mod:`hitl_plugin.plugin` checks
@@ -21,7 +22,7 @@ from typing import Any
 
 from hitl_plugin.boxes import KINDS
 from hitl_plugin.paths import Layout, RoundPaths, safe_component
-from hitl_plugin.report import read_reports
+from hitl_plugin.report import drift_section, read_drift, read_reports
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,20 @@ def human_boxes(rep: dict, paths: RoundPaths) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def round_drift(paths: RoundPaths, rep: dict | None = None) -> dict | None:
+    """The round's drift section (:func:`hitl_plugin.report.drift_section`): its report's,
+    else, for a round not reported yet (or reported before the section existed), from its
+    ``drift.json`` and the selection's ``drift``; None when no drift step ran."""
+    if rep is not None and "drift" in rep:
+        return rep["drift"] if isinstance(rep["drift"], dict) else None
+    if not paths.drift.is_file():
+        return None
+    selection = _read_json(paths.selection)
+    applied = selection.get("drift") if isinstance(selection, dict) else None
+    applied = applied if isinstance(applied, dict) else None
+    return drift_section(read_drift(paths, applied), applied, report=paths.drift)
+
+
 def round_row(layout: Layout, dag_id: str, rep: dict) -> dict:
     """The numbers of one reported round, as its table row and the per-run view show them
     (each straight from ``report.json``; see :func:`hitl_plugin.report.write_round_report`)."""
@@ -184,6 +199,8 @@ def round_row(layout: Layout, dag_id: str, rep: dict) -> dict:
         "workforce": rep.get("workforce") if isinstance(rep.get("workforce"), dict) else None,
         "project_id": project_id(records),
         "has_plot": paths.plot.is_file(),
+        "drift": round_drift(paths, rep),
+        "has_drift_plot": paths.drift_plot.is_file(),
         "text": rep.get("text", ""),
     }
 
@@ -193,7 +210,8 @@ def open_row(layout: Layout, dag_id: str, paths: RoundPaths) -> dict:
     records = submissions(paths)
     run_id = next((str(r["run_id"]) for r in records if r.get("run_id")), paths.dir.name)
     return {"run_id": run_id, "stage": stage(paths), "project_id": project_id(records),
-            "deadline": wait_deadline(paths), "finished": ""}
+            "deadline": wait_deadline(paths), "finished": "", "drift": round_drift(paths),
+            "has_drift_plot": False}
 
 
 def rounds(layout: Layout, dag_id: str) -> list[dict]:
@@ -278,12 +296,31 @@ def lineage(root: Path, name: str) -> dict:
     return {"name": name, "latest": latest, "chain": chain, "versions": versions}
 
 
+def drift_series(rows: list[dict]) -> list[dict]:
+    """The drift chart's points: per round (the reported ones, then those still open that
+    have a drift verdict), ``{"run_id", "round", "verdict", "threshold", <signal>: p-value}``
+    (a signal not tested, and every signal of a round without a drift step, left out)."""
+    shown = [r for r in rows if "unreadable" not in r
+             and (r["stage"] == "reported" or r.get("drift"))]
+    points = []
+    for i, row in enumerate(shown):
+        drift = row.get("drift") or {}
+        signals = drift.get("signals") if isinstance(drift.get("signals"), dict) else {}
+        points.append({"run_id": row["run_id"], "round": i + 1,
+                       "verdict": drift.get("verdict"), "threshold": drift.get("threshold"),
+                       **{name: sig.get("p_value") for name, sig in signals.items()
+                          if isinstance(sig, dict)
+                          and isinstance(sig.get("p_value"), (int, float))}})
+    return points
+
+
 def pipeline_view(layout: Layout, dag_id: str) -> dict:
     """Everything the pipeline dashboard shows.
 
-    :return: ``{"dag_id", "rounds", "series", "dataset", "people"}``: ``series`` the
-        mAP50-95 points of the reported rounds in order, ``people`` the per-person table
-        of the latest round that measured people (``{"run_id", "annotators"}`` or None).
+    :return: ``{"dag_id", "rounds", "series", "drift", "dataset", "people"}``: ``series``
+        the mAP50-95 points of the reported rounds in order, ``drift`` the drift p-values
+        per round (:func:`drift_series`), ``people`` the per-person table of the latest
+        round that measured people (``{"run_id", "annotators"}`` or None).
     """
     reports = read_reports(layout, dag_id)
     rows = rounds(layout, dag_id)
@@ -293,8 +330,8 @@ def pipeline_view(layout: Layout, dag_id: str) -> dict:
     people = next(({"run_id": r["run_id"], "annotators": r["annotators"]}
                    for r in reversed(reported) if r["annotators"]), None)
     name = pipeline_dataset(layout, dag_id, reports)
-    return {"dag_id": dag_id, "rounds": rows, "series": series, "people": people,
-            "dataset": lineage(layout.root, name) if name else None}
+    return {"dag_id": dag_id, "rounds": rows, "series": series, "drift": drift_series(rows),
+            "people": people, "dataset": lineage(layout.root, name) if name else None}
 
 
 def run_view(layout: Layout, dag_id: str, run_id: str) -> dict:
@@ -309,6 +346,6 @@ def run_view(layout: Layout, dag_id: str, run_id: str) -> dict:
     if row is None:
         row = open_row(layout, dag_id, paths) if paths.dir.is_dir() else {
             "run_id": run_id, "stage": "none", "project_id": None, "deadline": None,
-            "finished": ""}
+            "finished": "", "drift": None, "has_drift_plot": False}
         row["run_id"] = run_id
     return {"dag_id": dag_id, "round": row}

@@ -1,5 +1,5 @@
 """The HITL view's pages: server-drawn HTML styled like Airflow 3's UI, with the mAP chart
-as an inline SVG.
+and the drift chart as inline SVGs.
 
 The pages are shown inside Airflow's UI (an external view frames them); their stylesheet and
 their one small script are served by the plugin itself (``assets/hitl_view.css``,
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import html
 import json
+import math
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from hitl_plugin.boxes import KINDS
+from hitl_plugin.report import DRIFT_VERDICTS
 
 _e = html.escape
 
@@ -52,10 +55,11 @@ def num(value: Any, digits: int | None = None) -> str:
 
 
 def cell(testid: str, value: Any, *, digits: int | None = None, tag: str = "td",
-         cls: str = "num") -> str:
-    """An element showing one number, with its test id and raw value."""
+         cls: str = "num", text: str | None = None) -> str:
+    """An element showing one number (or ``text`` for it), with its test id and raw value."""
+    shown = num(value, digits) if text is None or value is None else text
     return (f'<{tag} class="{cls}" data-testid="{_e(testid)}" '
-            f'data-value="{_e(json.dumps(value))}">{_e(num(value, digits))}</{tag}>')
+            f'data-value="{_e(json.dumps(value))}">{_e(shown)}</{tag}>')
 
 
 def page(title: str, body: str, *, base: str, theme: str | None = None) -> str:
@@ -107,20 +111,35 @@ def _ls_link(ls_url: str | None, project_id: int | None, run_id: str,
 # -- chart ------------------------------------------------------------------------------------
 
 
-def map_chart(series: list[dict]) -> str:
-    """mAP50-95 of each reported round, before (the round's training) and after (the retrain
-    on its corrections), as an SVG line chart."""
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def line_chart(points: list[dict], lines: list[tuple[str, str]], *, name: str, title: str,
+               y_label: str, scale: Callable[[float], tuple[float, int]], empty: str,
+               y_of: Callable[[float], float] = float,
+               shown: Callable[[float], str] = lambda v: f"{v:.4f}", tick: str = "{:.2f}",
+               limit: tuple[str, str] | None = None) -> str:
+    """Values per round as an SVG line chart: one line (CSS class ``key``) per ``(key,
+    label)`` of ``lines``, a point for each of ``points`` (``{"run_id", "round", key:
+    value}``) that has the key.
+
+    :param name: the test ids' prefix (``<name>-chart``, ``<name>-line-<key>``,
+        ``<name>-point-<key>-<run id>``, ``<name>-chart-empty``).
+    :param scale: the y axis' step and number of steps for the highest value drawn.
+    :param y_of: where a value stands on the y axis (its raw value goes in ``data-value``);
+        ``shown``: how a point's tooltip writes it.
+    :param limit: ``(key, label)`` of a dashed line across the chart through each point's
+        value of ``key`` (a threshold), drawn from edge to edge.
+    """
     width, height, left, right, top, bottom = 720, 260, 56, 16, 16, 40
-    values = [p[k] for p in series for k in ("before", "after")
-              if isinstance(p.get(k), (int, float))]
+    keys = [k for k, _ in lines] + ([limit[0]] if limit else [])
+    values = [y_of(p[k]) for p in points for k in keys if _is_num(p.get(k))]
     if not values:
-        return ('<p class="muted" data-testid="map-chart-empty">No round has been reported '
-                "yet: the chart appears after the first round report.</p>")
-    high = max(values)
-    step = 0.05 if high < 0.2 else 0.1 if high < 0.5 else 0.2
-    ticks = min(int(high / step) + 1, round(1 / step)) if high < 1 else int(high / step) + 1
+        return f'<p class="muted" data-testid="{name}-chart-empty">{_e(empty)}</p>'
+    step, ticks = scale(max(values))
     top_value = step * ticks
-    n = len(series)
+    n = len(points)
     plot_w, plot_h = width - left - right, height - top - bottom
     pad = 24  # keep the first and last points off the axes
 
@@ -130,37 +149,86 @@ def map_chart(series: list[dict]) -> str:
     def y(v: float) -> float:
         return top + plot_h * (1 - v / top_value)
 
-    out = [f'<svg data-testid="map-chart" class="chart" viewBox="0 0 {width} {height}" '
-           f'role="img" aria-label="mAP50-95 per round">']
+    out = [f'<svg data-testid="{name}-chart" class="chart" viewBox="0 0 {width} {height}" '
+           f'role="img" aria-label="{_e(title)}">']
     for k in range(ticks + 1):
         v = step * k
         out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(v):.1f}" '
                    f'y2="{y(v):.1f}"/><text class="tick" x="{left - 6}" y="{y(v) + 4:.1f}" '
-                   f'text-anchor="end">{v:.2f}</text>')
-    for i, p in enumerate(series):
+                   f'text-anchor="end">{tick.format(v)}</text>')
+    for i, p in enumerate(points):
         out.append(f'<text class="tick" x="{x(i):.1f}" y="{height - bottom + 16}" '
                    f'text-anchor="middle"><title>{_e(p["run_id"])}</title>{p["round"]}</text>')
     out.append(f'<text class="axis" x="{left + plot_w / 2}" y="{height - 4}" '
                'text-anchor="middle">round</text>')
     out.append(f'<text class="axis" transform="rotate(-90)" x="{-(top + plot_h / 2)}" y="14" '
-               'text-anchor="middle">mAP50-95 (held-out)</text>')
-    for key, cls, label in (("before", "before", "trained this round"),
-                            ("after", "after", "retrained on the corrections")):
-        pts = [(i, p[key]) for i, p in enumerate(series) if isinstance(p.get(key), (int, float))]
+               f'text-anchor="middle">{_e(y_label)}</text>')
+    if limit:
+        pts = [(i, y_of(p[limit[0]])) for i, p in enumerate(points) if _is_num(p.get(limit[0]))]
+        if pts:
+            edge = [(left, pts[0][1]), *((x(i), v) for i, v in pts), (width - right, pts[-1][1])]
+            path = " ".join(f"{u:.1f},{y(v):.1f}" for u, v in edge)
+            out.append(f'<polyline class="line {limit[0]}" data-testid="{name}-{limit[0]}" '
+                       f'points="{path}"><title>{_e(limit[1])}</title></polyline>')
+    for key, label in lines:
+        pts = [(i, p[key]) for i, p in enumerate(points) if _is_num(p.get(key))]
         if not pts:
             continue
-        path = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
-        out.append(f'<polyline class="line {cls}" data-testid="map-line-{key}" '
+        path = " ".join(f"{x(i):.1f},{y(y_of(v)):.1f}" for i, v in pts)
+        out.append(f'<polyline class="line {key}" data-testid="{name}-line-{key}" '
                    f'points="{path}"/>')
         for i, v in pts:
-            run = series[i]["run_id"]
-            out.append(f'<circle class="dot {cls}" data-testid="map-point-{key}-{_e(run)}" '
-                       f'data-value="{v!r}" cx="{x(i):.1f}" cy="{y(v):.1f}" r="4">'
-                       f"<title>{_e(run)}: {label} {v:.4f}</title></circle>")
+            run = points[i]["run_id"]
+            out.append(f'<circle class="dot {key}" data-testid="{name}-point-{key}-{_e(run)}" '
+                       f'data-value="{v!r}" cx="{x(i):.1f}" cy="{y(y_of(v)):.1f}" r="4">'
+                       f"<title>{_e(run)}: {_e(label)} {_e(shown(v))}</title></circle>")
     out.append("</svg>")
-    legend = ('<div class="legend"><span class="key before"></span>trained this round '
-              '<span class="key after"></span>retrained on the corrections</div>')
+    keys_shown = [*lines, *([limit] if limit else [])]
+    legend = ('<div class="legend">' + " ".join(f'<span class="key {key}"></span>{_e(label)}'
+                                                for key, label in keys_shown) + "</div>")
     return "".join(out) + legend
+
+
+def _map_scale(high: float) -> tuple[float, int]:
+    step = 0.05 if high < 0.2 else 0.1 if high < 0.5 else 0.2
+    return step, min(int(high / step) + 1, round(1 / step)) if high < 1 else int(high / step) + 1
+
+
+def map_chart(series: list[dict]) -> str:
+    """mAP50-95 of each reported round, before (the round's training) and after (the retrain
+    on its corrections), as an SVG line chart."""
+    return line_chart(series, [("before", "trained this round"),
+                               ("after", "retrained on the corrections")],
+                      name="map", title="mAP50-95 per round", y_label="mAP50-95 (held-out)",
+                      scale=_map_scale, empty="No round has been reported yet: the chart "
+                      "appears after the first round report.")
+
+
+#: The drift signals the chart draws, in order, as their lines are labeled.
+DRIFT_SIGNALS = (("confidence", "confidence (KS)"), ("box_count", "box count (KS)"),
+                 ("class_mix", "class mix (chi-square)"), ("embedding", "embedding (MMD)"))
+#: p-values below this one are drawn at it (-log10: 16), so that a p-value of 0 has a place.
+P_FLOOR = 1e-16
+
+
+def _log_p(p: float) -> float:
+    return -math.log10(max(float(p), P_FLOOR))
+
+
+def _drift_scale(high: float) -> tuple[float, int]:
+    step = 0.5 if high < 3 else 1 if high < 6 else 2 if high < 12 else 4
+    return step, int(high / step) + 1
+
+
+def drift_chart(points: list[dict]) -> str:
+    """Each round's drift p-values, one line per signal, as -log10(p) (higher: stronger
+    evidence of drift), with the verdict's threshold (alpha over the signals tested)."""
+    return line_chart(points, list(DRIFT_SIGNALS), name="drift",
+                      title="drift p-values per round", y_label="-log10(p-value)",
+                      scale=_drift_scale, y_of=_log_p, shown=lambda p: f"p={p:.2g}",
+                      tick="{:g}", limit=("threshold", "drift threshold (alpha / signals)"),
+                      empty="No round has tested for drift yet (the drift step writes the "
+                      "p-values; rounds before it or with drift off have none).")
 
 
 # -- parts ------------------------------------------------------------------------------------
@@ -207,16 +275,17 @@ ROUND_COLUMNS = (
 
 
 def rounds_table(dag_id: str, rows: list[dict], *, base: str, ls_url: str | None) -> str:
-    """One row per round: what people were sent and did, what was fixed, mAP, version."""
+    """One row per round: what people were sent and did, what was fixed, mAP, version,
+    the drift verdict."""
     if not rows:
         return '<p class="muted">No round yet.</p>'
     head = ("<tr><th>round</th><th>status</th>"
             + "".join(f"<th>{label}</th>" for _, label in ROUND_COLUMNS)
             + "".join(f"<th>fixed: {k.replace('_', ' ')}</th>" for k in KINDS)
             + "<th>human boxes</th><th>auto-accepted boxes</th><th>mAP50-95 before</th>"
-              "<th>after</th><th>new version</th><th>Label Studio</th></tr>")
+              "<th>after</th><th>new version</th><th>drift</th><th>Label Studio</th></tr>")
     body = []
-    ncols = 5 + len(ROUND_COLUMNS) + len(KINDS) + 4
+    ncols = 6 + len(ROUND_COLUMNS) + len(KINDS) + 4
     for row in reversed(rows):
         run = row["run_id"]
         link = f'<a href="{_e(run_href(base, dag_id, run))}">{_e(run)}</a>'
@@ -239,10 +308,70 @@ def rounds_table(dag_id: str, rows: list[dict], *, base: str, ls_url: str | None
         cells += cell(f"map-before-{run}", row.get("map50_95_before"), digits=4)
         cells += cell(f"map-after-{run}", row.get("map50_95_after"), digits=4)
         cells += cell(f"new-version-{run}", row.get("new_version"), cls="")
+        cells += "<td>" + drift_verdict(f"round-drift-{run}", row.get("drift")) + "</td>"
         body.append(f'<tr data-testid="round-{_e(run)}"><td>{link}</td>{status}{cells}'
                     f"<td>{_ls_link(ls_url, row.get('project_id'), run)}</td></tr>")
     return (f'<div class="scroll"><table data-testid="rounds-table">{head}{"".join(body)}'
             "</table></div>")
+
+
+def drift_verdict(testid: str, drift: dict | None) -> str:
+    """A round's drift verdict as a chip (its raw verdict in ``data-value``; '–' without a
+    drift step)."""
+    verdict = (drift or {}).get("verdict")
+    return cell(testid, verdict, tag="span", cls=f"chip {_e(str(verdict))}" if verdict else "",
+                text=DRIFT_VERDICTS.get(str(verdict), str(verdict)))
+
+
+#: How the drift signals' tests read (``test`` of each signal in ``drift.json``).
+DRIFT_TESTS = {"ks": "Kolmogorov-Smirnov", "chi2": "chi-square", "mmd": "MMD permutation"}
+
+
+def _sig(value: Any) -> str | None:
+    return f"{value:.3g}" if _is_num(value) else None
+
+
+def drift_block(dag: str, row: dict, *, base: str) -> str:
+    """A round's drift section: the verdict and why, each signal's test, statistic and
+    p-value against the threshold, what the selection did, the drift plot."""
+    run, drift = row["run_id"], row.get("drift")
+    verdict = drift_verdict(f"drift-verdict-{run}", drift)
+    if not drift:
+        return (f"<section><h2>Drift</h2><p>Verdict: {verdict} <span class=\"muted\">No drift "
+                "report for this round (it ran before the drift step, or without it).</span>"
+                "</p></section>")
+    signals = drift.get("signals") if isinstance(drift.get("signals"), dict) else {}
+    rows = "".join(
+        f'<tr data-testid="drift-signal-{_e(k)}-{_e(run)}"><td>{_e(k.replace("_", " "))}</td>'
+        + cell(f"drift-test-{k}-{run}", sig.get("test"), cls="",
+               text=DRIFT_TESTS.get(str(sig.get("test")), str(sig.get("test"))))
+        + cell(f"drift-stat-{k}-{run}", sig.get("statistic"), text=_sig(sig.get("statistic")))
+        + cell(f"drift-p-{k}-{run}", sig.get("p_value"), text=_sig(sig.get("p_value")))
+        + "</tr>" for k, sig in signals.items() if isinstance(sig, dict))
+    table = ('<table data-testid="drift-signals-' + _e(run) + '"><tr><th>signal</th><th>test'
+             "</th><th>statistic</th><th>p-value</th></tr>" + rows
+             + '<tr><th colspan="3">threshold (alpha '
+             + cell(f"drift-alpha-{run}", drift.get("alpha"), tag="span", cls="")
+             + " over the signals tested)</th>"
+             + cell(f"drift-threshold-{run}", drift.get("threshold"), tag="th",
+                    text=_sig(drift.get("threshold"))) + "</tr></table>") if rows else ""
+    sizes = (f'<p>{cell(f"drift-n-pool-{run}", drift.get("n_pool"), tag="span", cls="")} pool '
+             f'images against {cell(f"drift-n-reference-{run}", drift.get("n_reference"), tag="span", cls="")}'  # noqa: E501
+             " held-out images</p>") if drift.get("n_pool") is not None else ""
+    budget = ""
+    if drift.get("budget") is not None:
+        budget = (f'<p>Budget: {cell(f"drift-base-budget-{run}", drift.get("base_budget"), tag="span", cls="")}'  # noqa: E501
+                  f' → {cell(f"drift-budget-{run}", drift.get("budget"), tag="span", cls="")}'
+                  " images, of which "
+                  f'{cell(f"drift-reserved-{run}", drift.get("reserved"), tag="span", cls="")}'
+                  " reserved for the pool images least like the held-out set (reason "
+                  "<em>drift</em>)</p>")
+    plot = (f'<img class="plot" data-testid="drift-plot-{_e(run)}" alt="drift plot" '
+            f'src="{_e(base)}/drift-plot/{_e(q(dag))}/{_e(q(run))}.png">'
+            if row.get("has_drift_plot") else "")
+    return (f"<section><h2>Drift</h2><p>Verdict: {verdict}</p>"
+            f'<p data-testid="drift-reason-{_e(run)}">{_e(drift.get("reason") or "")}</p>'
+            f"{sizes}{table}{budget}{plot}</section>")
 
 
 def people_table(run_id: str, people: list[dict]) -> str:
@@ -344,7 +473,9 @@ def pipeline_page(view: dict, *, base: str, airflow: str, ls_url: str | None,
     waiting = [r for r in view["rounds"] if r["stage"] == "labeling"]
     parts = [_header(dag, [("HITL", f"{base}/"), (dag, None)],
                      f'<a target="_top" href="{_e(airflow)}/dags/{_e(q(dag))}">DAG in Airflow</a>'),
-             '<section><h2>mAP50-95 per round</h2>', map_chart(view["series"]), "</section>"]
+             '<section><h2>mAP50-95 per round</h2>', map_chart(view["series"]), "</section>",
+             "<section><h2>Drift per round</h2>", drift_chart(view.get("drift") or []),
+             "</section>"]
     if waiting:
         parts.append("<section><h2>Waiting for people</h2>")
         for r in waiting:
@@ -392,6 +523,8 @@ def run_page(view: dict, *, base: str, airflow: str, ls_url: str | None,
         parts.append(f'<p class="warn">Report unreadable: {_e(row["unreadable"])}</p>')
     elif row["stage"] == "reported":
         parts.append(_report_sections(dag, row, base=base))
+    elif row.get("drift"):  # known from the drift step, before the round is reported
+        parts.append(drift_block(dag, row, base=base))
     return page(f"HITL: {dag} {run}", "".join(parts), base=base, theme=theme)
 
 
@@ -436,6 +569,7 @@ def _report_sections(dag: str, row: dict, *, base: str) -> str:
         f'<tr><th>total</th>{cell(f"fixed-total-{run}", row["fixed_total"], tag="th")}</tr>'
         '</table></div><div><h2>Why images were selected</h2>'
         f'<table><tr><th>reason</th><th>images</th></tr>{reasons}</table></div></section>'
+        f"{drift_block(dag, row, base=base)}"
         f'<section><h2>People</h2>{people_table(run, row["annotators"])}</section>'
         f'<section><h2>Plot</h2>{plot}<details><summary>Report text</summary>'
         f'<pre>{_e(row.get("text") or "")}</pre></details></section>')

@@ -241,8 +241,8 @@ def create_app(root: Path | None = None):
 
     @app.exception_handler(HTTPException)
     async def _errors(request: Request, exc: HTTPException):
-        if request.url.path.startswith(f"{_base(request)}/api/") or "/plot/" in \
-                request.url.path or "/static/" in request.url.path:
+        if request.url.path.startswith(f"{_base(request)}/api/") or any(
+                part in request.url.path for part in ("/plot/", "/drift-plot/", "/static/")):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                                 headers=getattr(exc, "headers", None))
         return HTMLResponse(views.error_page(exc.status_code, str(exc.detail),
@@ -294,13 +294,23 @@ def create_app(root: Path | None = None):
         return {"latest": store.latest(), "versions": [store.manifest(v) for v in versions],
                 "lineage": dashboard.lineage(_dataset_root(name), name)}
 
+    def _round_png(user: Any, dag_id: str, run_id: str, which: str) -> FileResponse:
+        """A plot of the round (``which``: its :class:`RoundPaths` name), for who may read
+        the DAG's runs."""
+        _check(user, dag_id)
+        path = getattr(_layout(dag_id).round(dag_id, run_id), which)
+        if not path.is_file():
+            raise HTTPException(404, f"no {which.replace('_', ' ')} for this round")
+        return FileResponse(path, media_type="image/png")
+
     @app.get("/plot/{dag_id}/{run_id}.png")
     def plot(dag_id: str, run_id: str, user=Depends(get_user)):
-        _check(user, dag_id)
-        path = _layout(dag_id).round(dag_id, run_id).plot
-        if not path.is_file():
-            raise HTTPException(404, "no plot for this round")
-        return FileResponse(path, media_type="image/png")
+        return _round_png(user, dag_id, run_id, "plot")
+
+    @app.get("/drift-plot/{dag_id}/{run_id}.png")
+    def drift_plot(dag_id: str, run_id: str, user=Depends(get_user)):
+        """The round's drift plot (``drift.png``, written by the report step)."""
+        return _round_png(user, dag_id, run_id, "drift_plot")
 
     @app.get("/static/{name}")
     def static(name: str):

@@ -56,3 +56,37 @@ def airflow_dag_env():
     database and these DAG files; returns the environment for a subprocess that runs one of
     them with ``dag.test()``."""
     return _airflow_dag_env
+
+
+def _drift_report(n: int, shift: float, *, seed: int = 0, **fields) -> dict:
+    import numpy as np
+
+    from hitl_plugin.model.drift import DriftInputs, detect
+
+    rng = np.random.default_rng(seed)
+    split = np.array(["heldout"] * n + ["pool"] * n)
+    pool = split == "pool"
+    n_boxes = rng.poisson(np.where(pool, 3.0 - shift, 3.0)).clip(0)
+    inputs = DriftInputs(
+        image_id=np.arange(2 * n), split=split, n_boxes=n_boxes,
+        confidence=np.where(n_boxes > 0, rng.uniform(0.3, 0.9, 2 * n), np.nan),
+        top_class=np.where(n_boxes > 0, rng.integers(1, 4, 2 * n), -1),
+        embedding=rng.normal(size=(2 * n, 6)) + np.where(pool, shift, 0.0)[:, None])
+    out = detect(inputs, permutations=99)
+    settings = {"enabled": True, "alpha": 0.05, "permutations": 99, "min_images": 30,
+                "budget_factor": 2.0, "budget_cap": 0.25, "ood_share": 0.5, "neighbours": 5,
+                "seed": 0}
+    action = {"budget_factor": 2.0, "budget_cap": 0.25, "ood_share": 0.5,
+              "asset": f"hitl://drift/{fields.get('dataset', 'shapes')}"}
+    return {"schema_version": 1, "enabled": True, "settings": settings, **fields, **out,
+            **({"action": action} if out["detected"] else {})}
+
+
+@pytest.fixture(scope="session")
+def drift_report():
+    """``drift_report(n, shift, seed=0, **fields)``: a ``drift.json`` as the drift step
+    writes it (``fields`` such as ``dag_id``, ``run_id``, ``dataset`` added), from
+    :func:`hitl_plugin.model.drift.detect` on random arrays (99 permutations): ``n``
+    held-out and ``n`` pool images, the pool's embeddings moved by ``shift`` and its images
+    with ``shift`` fewer boxes on average (0: both from one world)."""
+    return _drift_report

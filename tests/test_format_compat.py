@@ -126,6 +126,8 @@ def test_a_round_in_flight_at_the_upgrade_finishes_with_the_same_result(old_root
     assert report["schema_version"] == 1 and report["selected"] == 50
     assert report["fixed"] == {"missing": 32, "spurious": 29, "class_swap": 9, "bad_box": 0}
     assert Path(out["plot"]).stat().st_size > 0
+    # a round from before the drift step: no drift section, no drift plot
+    assert report["drift"] is None and not rnd.paths.drift_plot.exists()
     # an old evaluation has no histogram and its predictions file was not kept: no bars
     assert ModelPaths(models).metrics.is_file()
 

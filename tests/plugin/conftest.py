@@ -1,5 +1,6 @@
-"""A storage root with two reported rounds, one round waiting for people, and a dataset
-with a lineage; helpers that read the numbers a page shows (``data-testid``)."""
+"""A storage root with two reported rounds (the second with a drift report and its plot),
+one round waiting for people (its drift step ran, on too few images), and a dataset with
+a lineage; helpers that read the numbers a page shows (``data-testid``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from hitl_plugin.dataset.store import DatasetStore
+from hitl_plugin.report import drift_section
 
 DAG = "hitl_shapes"
 OTHER = "hitl_other"
@@ -41,6 +43,7 @@ def report(run_id: str, *, before: float, after: float | None, new_version: str,
         "fixed": {"missing": 3, "spurious": 1, "class_swap": 2, "bad_box": 0},
         "pool_labeled": 3, "pool_boxes_labeled": 7, "human_boxes": 31,
         "map50_95_before": before, "map50_95_after": after, "promoted": True,
+        "drift": None,
         "plot": "report.png", "report": "report.json", "finished": "2026-01-01T00:00:00+00:00",
         "text": f"Round {run_id} of {DAG}",
     }
@@ -58,6 +61,11 @@ PEOPLE = [{"annotator": "ana@people.local", "tasks": 9, "gold_tasks": 2, "gold_b
            "flagged": True, "held_answers": 3}]
 
 
+#: What the selection of round 2 did with its drift (``selection.json``'s ``drift``).
+APPLIED = {"detected": True, "report": "drift.json", "base_budget": 12, "budget": 24,
+           "reserved": 6}
+
+
 def _round(root: Path, dag: str, folder: str) -> Path:
     path = root / "rounds" / dag / folder
     path.mkdir(parents=True)
@@ -65,13 +73,14 @@ def _round(root: Path, dag: str, folder: str) -> Path:
 
 
 @pytest.fixture
-def root(tmp_path):
-    return make_root(tmp_path)
+def root(tmp_path, drift_report):
+    return make_root(tmp_path, drift_report)
 
 
-def make_root(tmp_path: Path) -> Path:
+def make_root(tmp_path: Path, drift_report) -> Path:
     """Two pipelines: ``hitl_shapes`` (two reported rounds, one waiting, dataset ``shapes``
-    v0001 ← v0002 ← v0003) and ``hitl_other`` (one round, dataset ``secret_set``)."""
+    v0001 ← v0002 ← v0003) and ``hitl_other`` (one round, dataset ``secret_set``); the
+    drift reports from ``drift_report`` (the fixture of tests/conftest.py)."""
     from hitl_plugin.paths import safe_component
 
     store = DatasetStore(tmp_path, "shapes")
@@ -89,14 +98,23 @@ def make_root(tmp_path: Path) -> Path:
         {"status": "done", "project_id": 7, "submitted": 12, "already_present": 0,
          "run_id": RUN1, "batch": [0, 12]}))
     two = _round(tmp_path, DAG, RUN2)
+    drift = drift_report(60, 1.5, dag_id=DAG, run_id=RUN2, dataset="shapes",
+                         version="v0002", model_version="m1", at="2026-01-02T08:00:00+00:00")
+    assert drift["verdict"] == "drift"
+    (two / "drift.json").write_text(json.dumps(drift))
+    (two / "drift.png").write_bytes(b"\x89PNG drift")
     (two / "report.json").write_text(json.dumps(report(
         RUN2, before=0.5, after=None, new_version="v0003", base_version="v0002",
         annotators=PEOPLE, finished="2026-01-02T10:00:00+00:00",
+        drift=drift_section(drift, {**APPLIED, "report": str(two / "drift.json")},
+                            report=two / "drift.json", plot=two / "drift.png"),
         corrections={"labeled": 10, "skipped": 2, "rejected": 0, "confirmed": 5,
                      "edited": 3, "empty": 2, "regions_dropped": 1},
         fixed={"missing": 1, "spurious": 0, "class_swap": 4, "bad_box": 2})))
     (two / "report.png").write_bytes(b"\x89PNG two")
     waiting = _round(tmp_path, DAG, WAITING)
+    (waiting / "drift.json").write_text(json.dumps(drift_report(10, 0.0, dag_id=DAG,
+                                                                run_id=WAITING)))
     (waiting / "submissions").mkdir()
     for start, stop, new, old in ((0, 5, 5, 0), (5, 8, 2, 1)):
         (waiting / "submissions" / f"{start}-{stop}.json").write_text(json.dumps(
@@ -131,4 +149,5 @@ def testids(page: str) -> set[str]:
 def pg():
     """The names and helpers above, for the tests (conftest is not importable by name)."""
     return SimpleNamespace(DAG=DAG, OTHER=OTHER, RUN1=RUN1, RUN2=RUN2, WAITING=WAITING,
-                           PEOPLE=PEOPLE, report=report, shown=shown, testids=testids)
+                           PEOPLE=PEOPLE, APPLIED=APPLIED, report=report, shown=shown,
+                           testids=testids)

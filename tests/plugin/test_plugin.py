@@ -1,13 +1,17 @@
 """The HITL view's routes: login required, the numbers shown equal the round reports, the
 chart, the people table, the dataset lineage, a waiting round's live count from Label
-Studio (and a message when it cannot be reached), the links, the external views.
+Studio (and a message when it cannot be reached), the links, the external views, each
+round's drift verdict, p-values and plot (and '–' for a round without a drift step).
 
 Users come from Airflow's real SimpleAuthManager (role based); per-DAG access with the FAB
 auth manager is in test_plugin_access.py."""
 
 from __future__ import annotations
 
+import html
 import json
+import math
+import re
 from urllib.parse import quote
 
 import pytest
@@ -17,7 +21,8 @@ ROUTES = ("/", "/api/pipelines", "/api/rounds/hitl_shapes", "/api/datasets/shape
           "/api/pipelines/hitl_shapes", "/api/runs/hitl_shapes/manual__2",
           "/api/progress/hitl_shapes/manual__3", "/pipelines/hitl_shapes",
           "/runs/hitl_shapes/manual__2", "/plot/hitl_shapes/manual__2.png",
-          "/static/hitl_view.css")
+          "/drift-plot/hitl_shapes/manual__2.png", "/static/hitl_view.css")
+SIGNALS = ("confidence", "box_count", "class_mix", "embedding")
 
 
 @pytest.fixture
@@ -159,6 +164,95 @@ def test_the_run_view(client, root, pg):
     assert none.status_code == 200 and 'data-testid="stage-scheduled__x"' in none.text
     data = client.get(f"/api/runs/hitl_shapes/{run}").json()
     assert data["round"]["labeled"] == rep["corrections"]["labeled"]
+
+
+def _drift_json(root, run: str) -> dict:
+    return json.loads((root / "rounds" / "hitl_shapes" / _folder(run) / "drift.json")
+                      .read_text())
+
+
+def _points(page: str) -> dict[str, tuple[float, float]]:
+    """The chart's points: ``{testid: (raw value, y on the chart)}``."""
+    found = re.findall(r'data-testid="([^"]*-point-[^"]*)" data-value="([^"]*)" '
+                       r'cx="[^"]*" cy="([^"]*)"', page)
+    return {html.unescape(t): (float(v), float(y)) for t, v, y in found}
+
+
+def test_the_pipeline_page_shows_each_rounds_drift(client, root, pg):
+    page = client.get("/pipelines/hitl_shapes").text
+    shown = pg.shown(page)
+    drift = _drift_json(root, pg.RUN2)
+    # the rounds table: the verdict, '–' for the round without a drift step
+    assert shown[f"round-drift-{pg.RUN2}"] == ("drift", "drift detected")
+    assert shown[f"round-drift-{pg.RUN1}"] == (None, "–")
+    # the chart: -log10(p) per signal per round, with the verdict's threshold
+    ids = pg.testids(page)
+    assert {"drift-chart", "drift-threshold", *(f"drift-line-{s}" for s in SIGNALS)} <= ids
+    points = _points(page)
+    for signal in SIGNALS:
+        assert points[f"drift-point-{signal}-{pg.RUN2}"][0] == drift["signals"][signal][
+            "p_value"]
+        assert f"drift-point-{signal}-{pg.RUN1}" not in points  # no drift step that round
+        assert f"drift-point-{signal}-{pg.WAITING}" not in points  # too few images: untested
+    # higher on the chart (smaller y) is a smaller p-value
+    ys = {s: points[f"drift-point-{s}-{pg.RUN2}"][1] for s in SIGNALS}
+    order = sorted(SIGNALS, key=lambda s: drift["signals"][s]["p_value"])
+    assert sorted(SIGNALS, key=ys.get) == order
+    # the threshold line stands where a p-value of alpha / 4 would
+    line = re.search(r'data-testid="drift-threshold" points="([^"]*)"', page).group(1)
+    threshold_y = {float(xy.split(",")[1]) for xy in line.split()}
+    assert len(threshold_y) == 1  # one threshold for every round: a straight line
+    assert math.isclose(-math.log10(0.05 / 4), _log_at(page, threshold_y.pop()), rel_tol=0.01)
+    data = client.get("/api/pipelines/hitl_shapes").json()
+    assert [p["verdict"] for p in data["drift"]] == [None, "drift", "too_few_images"]
+    assert data["drift"][1]["threshold"] == 0.05 / 4
+
+
+def _log_at(page: str, y: float) -> float:
+    """The -log10(p) of the drift chart at height ``y`` (from its first and last grid
+    ticks)."""
+    chart = page[page.index('data-testid="drift-chart"'):]
+    ticks = re.findall(r'<line class="grid" [^>]*y1="([^"]*)"[^>]*/><text class="tick" '
+                       r'[^>]*>([^<]*)</text>', chart[:chart.index("</svg>")])
+    (y0, v0), (y1, v1) = [(float(a), float(b)) for a, b in (ticks[0], ticks[-1])]
+    return v0 + (v1 - v0) * (y - y0) / (y1 - y0)
+
+
+def test_the_run_view_shows_the_drift_signals_and_plot(client, root, pg):
+    run = pg.RUN2
+    page = client.get(f"/runs/hitl_shapes/{run}").text
+    shown = pg.shown(page)
+    drift = _drift_json(root, run)
+    assert shown[f"drift-verdict-{run}"] == ("drift", "drift detected")
+    assert html.escape(drift["reason"]) in page
+    for signal in SIGNALS:
+        sig = drift["signals"][signal]
+        assert shown[f"drift-test-{signal}-{run}"][0] == sig["test"]
+        assert shown[f"drift-stat-{signal}-{run}"][0] == sig["statistic"]
+        assert shown[f"drift-p-{signal}-{run}"] == (sig["p_value"], f"{sig['p_value']:.3g}")
+    assert shown[f"drift-threshold-{run}"][0] == 0.05 / 4
+    assert shown[f"drift-n-pool-{run}"][0] == drift["n_pool"]
+    assert shown[f"drift-n-reference-{run}"][0] == drift["n_reference"]
+    assert shown[f"drift-base-budget-{run}"][0] == pg.APPLIED["base_budget"]
+    assert shown[f"drift-budget-{run}"][0] == pg.APPLIED["budget"]
+    assert shown[f"drift-reserved-{run}"][0] == pg.APPLIED["reserved"]
+    assert 'src="/drift-plot/hitl_shapes/manual__2.png"' in page
+    assert client.get("/drift-plot/hitl_shapes/manual__2.png").content == b"\x89PNG drift"
+    missing = client.get(f"/drift-plot/hitl_shapes/{_folder(pg.RUN1)}.png")
+    assert missing.status_code == 404 and missing.json()["detail"] == \
+        "no drift plot for this round"
+    assert client.get("/drift-plot/hitl_shapes/..%2F..%2Fetc.png").status_code == 404
+    assert client.get("/drift-plot/hitl_other/manual__1.png").status_code == 404
+    # a round without a drift step: '–', no signals, no plot
+    first = client.get(f"/runs/hitl_shapes/{quote(pg.RUN1, safe='')}").text
+    assert pg.shown(first)[f"drift-verdict-{pg.RUN1}"] == (None, "–")
+    assert not {t for t in pg.testids(first) if t.startswith(("drift-p-", "drift-plot-"))}
+    # a round not reported yet shows its drift step's verdict (from drift.json)
+    waiting = pg.shown(client.get(f"/runs/hitl_shapes/{pg.WAITING}").text)
+    assert waiting[f"drift-verdict-{pg.WAITING}"] == ("too_few_images",
+                                                      "not tested: too few images")
+    data = client.get(f"/api/runs/hitl_shapes/{run}").json()["round"]["drift"]
+    assert data["signals"]["embedding"]["p_value"] == drift["signals"]["embedding"]["p_value"]
 
 
 def test_a_waiting_round_counts_live_in_label_studio(client, monkeypatch, stub_ls, pg):
