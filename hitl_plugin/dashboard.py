@@ -211,7 +211,7 @@ def open_row(layout: Layout, dag_id: str, paths: RoundPaths) -> dict:
     run_id = next((str(r["run_id"]) for r in records if r.get("run_id")), paths.dir.name)
     return {"run_id": run_id, "stage": stage(paths), "project_id": project_id(records),
             "deadline": wait_deadline(paths), "finished": "", "drift": round_drift(paths),
-            "has_drift_plot": False}
+            "has_drift_plot": paths.drift_plot.is_file()}
 
 
 def rounds(layout: Layout, dag_id: str) -> list[dict]:

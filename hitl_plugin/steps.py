@@ -425,7 +425,8 @@ def score(rnd: Round, *, checkpoint: str, version: str | None = None,
 
 def drift(rnd: Round, *, scores: str, version: str,
           model_version: str | None = None) -> DriftResult:
-    """Has the pool drifted from the held-out set's world? Write ``drift.json``.
+    """Has the pool drifted from the held-out set's world? Write ``drift.json`` and
+    ``drift.png``.
 
     Reads the inputs the score pass kept beside ``scores`` (``drift_inputs.npz``): box
     counts, confidences and backbone embeddings of the pool and the held-out images. Tests
@@ -462,6 +463,13 @@ def drift(rnd: Round, *, scores: str, version: str,
             else 0.0,
             "asset": drift_asset_uri(rnd.config.dataset.name) if report["detected"] else None}
     path = write_json_atomic(rnd.paths.drift, report)
+    if report.get("plots"):  # people see the drift while the round's labeling goes on
+        from hitl_plugin.report import plot_drift
+
+        try:
+            plot_drift(rnd.paths.drift_plot, report)
+        except Exception as exc:  # noqa: BLE001 - a plot must not fail the round
+            log.warning("Could not draw %s: %s", rnd.paths.drift_plot, exc)
     signals = report.get("signals", {})
     p_values = {k: v.get("p_value") for k, v in signals.items()}
     shown = ", ".join(f"{k} {v['test']} stat {v['statistic']} p {v['p_value']:.3g}"
@@ -787,7 +795,8 @@ def merge(rnd: Round, *, corrections: str, base_version: str | None = None) -> M
 
 def report(rnd: Round, *, base_version: str, train: TrainResult, gate: GateResult,
            merge: MergeResult, retrain: TrainResult | None = None) -> ReportResult:
-    """Write the round's summary (``report.json``) and plot (``report.png``); log the text."""
+    """Write the round's summary (``report.json``) and plots (``report.png``, and
+    ``drift.png`` after a drift test); log the text."""
     from hitl_plugin.report import write_round_report
 
     rep = write_round_report(rnd.layout, rnd.config, dag_id=rnd.dag_id, run_id=rnd.run_id,
