@@ -38,6 +38,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "hitl_dev.bench.merge", "Merge 10,000 corrections into a COCO-train2017-sized set."
     ),
     "dagparse": ("hitl_dev.bench.dagparse", "Parse time of the DAG file, and its imports."),
+    "drift": (
+        "hitl_dev.bench.drift",
+        "Drift: detection power and false alarms, and rounds that recover from it.",
+    ),
     "rounds": (
         "hitl_dev.bench.rounds",
         "R rounds of the loop per strategy and seed: active learning, label correction.",

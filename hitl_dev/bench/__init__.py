@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,38 @@ def own_label_studio(data_dir: Path, document_root: Path) -> Iterator[Any]:
     finally:
         server.stop()
         watchdog.kill()
+
+
+def run_in_work(work: Path | None, out: Path | None, *, prefix: str,
+                compute: Callable[[Path, Callable[[dict], None]], dict],
+                plot: Callable[[dict, Path], None]) -> int:
+    """Run a benchmark that keeps caches in a working folder and prints one JSON.
+
+    ``compute(work, on_progress)`` does the work; each partial result it hands
+    ``on_progress`` is written to ``out`` (so a long run leaves its numbers so far), and the
+    final one too, with ``plot`` drawn beside it (``.png``). Without ``work`` a temporary
+    folder is used and removed at the end. Everything but the final JSON goes to stderr.
+    """
+    keep = work is not None
+    work = (work or Path(tempfile.mkdtemp(prefix=prefix))).absolute()
+
+    def progress(partial: dict) -> None:
+        if out:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(partial, indent=1) + "\n")
+
+    try:
+        with stdout_to_stderr():
+            result = compute(work, progress)
+            result["work"] = str(work) if keep else None
+            if out:
+                progress(result)
+                plot(result, out.with_suffix(".png"))
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=1))
+    return 0
 
 
 def emit(result: dict, out: Path | None) -> None:

@@ -49,7 +49,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hitl_dev.bench import stdout_to_stderr
+from hitl_dev.bench import run_in_work
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,9 @@ class Scenario:
     #: (:func:`hitl_plugin.steps.warm_start`; promoted = the best held-out mAP so far, the
     #: gate's rule); False: every round from the base checkpoint (equal compute per round)
     chain: bool = False
+    #: with ``chain``: which model the next round starts from and scores with: ``best``
+    #: (the gate's rule, on the pipeline's held-out set) or ``latest`` (the last round's)
+    follow: str = "best"
     extra: dict = field(default_factory=dict)
 
 
@@ -201,16 +203,16 @@ class Trainer:
         self.seconds = 0.0
 
     def fit(self, data_yaml: Path, val_file: Path, *, seed: int, n_images: int,
-            start: str | None = None) -> dict:
+            start: str | None = None, epochs: int | None = None) -> dict:
         """Train (or reuse) one model; ``start`` is the checkpoint to warm-start from
-        (default: the trainer's starting weights)."""
+        (default: the trainer's starting weights); ``epochs`` overrides the scenario's."""
         from hitl_plugin.dataset.export import read_weights
         from hitl_plugin.model.evaluate import evaluate
         from hitl_plugin.model.train import train
         from hitl_plugin.paths import ModelPaths
 
         s = self.scenario
-        epochs = epochs_for(s, n_images)
+        epochs = epochs or epochs_for(s, n_images)
         weights = Path(start) if start else self.weights
         digest = file_digest(Path(start)) if start else self.weights_digest
         key = training_key(data_yaml, {"epochs": epochs, "imgsz": s.imgsz, "batch": s.batch,
@@ -243,12 +245,15 @@ class Trainer:
 def _config(root: Path, overrides: dict, scenario: Scenario, seed: int, threads: int):
     from hitl_plugin.config import PipelineConfig
 
-    selection = {k: v for k, v in overrides.items() if k != "cleanlab"}
+    selection = {k: v for k, v in overrides.items() if k not in ("cleanlab", "drift")}
     return PipelineConfig.model_validate({
         "dag_id": DAG_ID, "storage": {"root": str(root)}, "dataset": {"name": DATASET},
         "training": {"imgsz": scenario.imgsz, "batch": scenario.batch, "threads": threads,
                      "seed": seed},
         "selection": {**selection, "seed": seed},
+        # the drift step only where an arm asks for it (these scenarios were measured
+        # without it, and their pools do not drift)
+        "drift": {"seed": seed, **overrides.get("drift", {"enabled": False})},
     })
 
 
@@ -393,8 +398,13 @@ def best_cleanlab_cut(inputs: tuple[list[int], list, list], wrong: set[int], bud
 
 
 def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path,
-            trainer: Trainer, *, threads: int, device: str) -> dict:
-    """R rounds of one strategy on one seed's data; return its curve."""
+            trainer: Trainer, *, threads: int, device: str, evaluate_also=None) -> dict:
+    """R rounds of one strategy on one seed's data; return its curve.
+
+    With the arm's ``drift`` config enabled, the drift step runs between score and select,
+    as in the DAG. ``evaluate_also(fit)``: more numbers for each round's point (e.g. the
+    mAP on another held-out set).
+    """
     from hitl_plugin import steps
     from hitl_plugin.dataset.store import DatasetStore
     from hitl_plugin.schemas import SelectionManifest, read_model, write_json_atomic
@@ -420,8 +430,10 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
         n_train = sum(1 for i in coco["images"] if i.get("hitl_split") == "train")
         data_yaml, val_file = _export(root, version, coco)
         fit = trainer.fit(data_yaml, val_file, seed=seed, n_images=n_train,
-                          start=promoted["checkpoint"] if scenario.chain and promoted else None)
-        if promoted is None or fit["map50_95"] > promoted["map50_95"]:
+                          start=promoted["checkpoint"] if scenario.chain and promoted else None,
+                          epochs=scenario.extra.get("first_epochs") if r == 0 else None)
+        if promoted is None or fit["map50_95"] > promoted["map50_95"] or (
+                scenario.follow == "latest"):
             promoted = fit
         point = {"round": r, "version": version, "labeled_images": n_train,
                  "images_to_people": sent, "human_boxes": boxes_total,
@@ -431,6 +443,8 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
                  "train_seconds": fit["seconds"]}
         if rare:
             point["rare_ap"] = fit["per_class"].get(rare)
+        if evaluate_also is not None:
+            point.update(evaluate_also(fit))
         if scenario.name == "correction":
             point["errors_fixed_images"] = reviewed_errors
         curve.append(point)
@@ -454,9 +468,18 @@ def run_arm(scenario: Scenario, strategy: str, seed: int, data: Path, work: Path
                     cut_info = {"cut": best, "precision_by_cut": by_cut}
                 cut = cut_info["cut"]
             _cleanlab_rescore(Path(scored["scores"]), _objectlab_quality(inputs, cut))
+        drift = None
+        if config.drift.enabled:
+            drift = steps.drift(rnd, scores=scored["scores"], version=version,
+                                model_version=promoted["checkpoint"])
         selected = steps.select(rnd, scores=scored["scores"], version=version,
-                                model_version=promoted["checkpoint"], budget=scenario.budget)
+                                model_version=promoted["checkpoint"], budget=scenario.budget,
+                                drift=drift["drift"] if drift else None)
         manifest = read_model(SelectionManifest, selected["selection"])
+        if drift is not None:
+            point["drift"] = {"verdict": drift["verdict"], "p_values": drift["p_values"],
+                              "budget": manifest.budget,
+                              "reserved": manifest.drift.reserved if manifest.drift else 0}
         picked = [s.image_id for s in manifest.items]
         point["selected"] = {"n": len(picked), "by_reason": selected["by_reason"],
                              "pool": sum(1 for s in manifest.items if s.split == "pool"),
@@ -817,25 +840,9 @@ def main(argv: list[str], prog: str = "hitl bench rounds") -> int:
     weights = None if args.weights == "builtin" else Path(args.weights)
     if weights is not None and not weights.is_file():
         parser.error(f"--weights {args.weights}: no such file")
-    keep = args.work is not None
-    work = (args.work or Path(tempfile.mkdtemp(prefix="hitl-bench-rounds-"))).absolute()
     seeds = list(range(args.seed, args.seed + args.seeds))
-
-    def progress(partial: dict) -> None:
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(partial, indent=1) + "\n")
-
-    try:
-        with stdout_to_stderr():
-            result = run(scenario, seeds, work, weights=weights, threads=args.threads,
-                         device=args.device, strategies=strategies, on_progress=progress)
-            result["work"] = str(work) if keep else None
-            if args.out:
-                progress(result)
-                plot(result, args.out.with_suffix(".png"))
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, indent=1))
-    return 0
+    return run_in_work(
+        args.work, args.out, prefix="hitl-bench-rounds-", plot=plot,
+        compute=lambda work, progress: run(scenario, seeds, work, weights=weights,
+                                           threads=args.threads, device=args.device,
+                                           strategies=strategies, on_progress=progress))
