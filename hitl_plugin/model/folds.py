@@ -85,7 +85,7 @@ def score_out_of_sample(rnd: Round, *, checkpoint: str, coco: dict, version: str
                      imgsz=imgsz, device=t.device, threads=t.threads, splits=("train",))
         parts.append(part)
     drift = {}
-    if pool:
+    if pool or drift_out is not None:  # the drift inputs hold the held-out set even then
         part = rnd.paths.dir / ".scores.pool.jsonl"
         scored = score_images(checkpoint, _subset(coco, pool), rnd.root, part, selection=sel,
                               imgsz=imgsz, device=t.device, threads=t.threads,
