@@ -403,7 +403,7 @@ def plot(result: dict, path: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax = axes[1]
     det = result["summary"]["detection"]
-    names = list(det["power"]) + ["no drift", "no drift,\nfresh ref."]
+    names = [k.replace("_", "\n") for k in det["power"]] + ["no drift", "no drift,\nfresh ref."]
     values = [det["power"][k]["rate"] for k in det["power"]] + [
         det["false_alarm"]["rate"], det["false_alarm_fresh_reference"]["rate"] or 0.0]
     colours = ["tab:blue"] * len(det["power"]) + ["tab:red", "tab:orange"]
@@ -414,8 +414,9 @@ def plot(result: dict, path: Path) -> None:
     ax.axhline(0.05, ls=":", lw=1, color="tab:red")
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("share of pools flagged as drifted")
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_title(f"power per kind (share {det['power'][KINDS[0]]['share']} of a pool in the "
-                 f"new look) and false alarms", fontsize=9)
+                 "new look)\nand false alarms (no drift)", fontsize=9)
     fig.suptitle(f"hitl bench drift: {len(result['seeds'])} seeds, pools of {POOL_SIZE} "
                  "(SIMULATED reviewers)", fontsize=10)
     fig.tight_layout()
