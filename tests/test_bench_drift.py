@@ -87,3 +87,18 @@ def test_one_pool_through_the_score_pass_and_the_drift_test(tmp_path):
     again = bench.pool_test(str(BUILTIN_BASE), held, spec=spec, pool_seed=2,
                             fresh_reference_seed=3, **gen)
     assert again == result  # the inputs come from the cache: the same test
+
+
+def test_the_plot_draws_the_committed_results(tmp_path):
+    """The benchmark's own results in benchmarks/ have the shape its plot reads."""
+    import json
+    from pathlib import Path
+
+    result = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "drift.json")
+                        .read_text())
+    assert set(result["summary"]) >= {"detection_power", "false_alarm_rate",
+                                      "recovered_fraction_after_2", "recovered_std"}
+    assert set(result["summary"]["recovered_fraction_after_2"]) == {"drift_on", "drift_off",
+                                                                    "random"}
+    bench.plot(result, tmp_path / "drift.png")
+    assert (tmp_path / "drift.png").read_bytes()[:4] == b"\x89PNG"
