@@ -468,8 +468,7 @@ def run(seeds: list[int], work: Path, *, rounds: int = 2, share: float = 0.5,
                 on_progress(result)
         pre = result["arms"][-1]["curve"][0]
         result["pre_drift_map50_95"][str(seed)] = pre["map50_95"]
-        checkpoint = str(work / "trainings" / pre["training"] / "weights" / "last.pt")
-        checkpoint = _checkpoint_of(work, pre["training"]) or checkpoint
+        checkpoint = _checkpoint_of(work, pre["training"])
         seed_tests = detection(seed, checkpoint, data, work, n_no_drift=n_no_drift,
                                n_power=power_pools, share=share, imgsz=sc.imgsz,
                                threads=threads, device=device)
@@ -518,9 +517,9 @@ def run(seeds: list[int], work: Path, *, rounds: int = 2, share: float = 0.5,
     return result
 
 
-def _checkpoint_of(work: Path, key: str) -> str | None:
-    done = work / "trainings" / key / "bench_fit.json"
-    return json.loads(done.read_text())["checkpoint"] if done.is_file() else None
+def _checkpoint_of(work: Path, key: str) -> str:
+    """The checkpoint of a cached training (its record, :class:`Trainer`'s)."""
+    return json.loads((work / "trainings" / key / "bench_fit.json").read_text())["checkpoint"]
 
 
 def main(argv: list[str], prog: str = "hitl bench drift") -> int:
