@@ -27,7 +27,9 @@ from hitl_plugin.exceptions import HitlError
 #: Current schema versions of the files that outlive a package upgrade.
 MANIFEST_SCHEMA = 1  # datasets/<name>/vNNNN/manifest.json
 TRAIN_RESULT_SCHEMA = 1  # models/.../train_result.json and PROMOTED.json (checkpoint metadata)
-ROUND_FILE_SCHEMA = 1  # rounds/.../selection.json and corrections.json
+#: rounds/.../selection.json and corrections.json; 2: a selection may carry ``drift`` and the
+#: reason ``drift`` (what a 1-reader would refuse field by field, not as a newer file)
+ROUND_FILE_SCHEMA = 2
 REPORT_SCHEMA = 1  # rounds/.../report.json
 
 

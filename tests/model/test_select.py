@@ -201,7 +201,7 @@ def test_unknown_quota_class_and_strategy_raise(tmp_path):
 def test_written_selection_reads_back_and_batches(tmp_path):
     path, coco = make(tmp_path)
     m = run(path, coco, budget=7, strategy="label_error")
-    assert m.schema_version == 1
+    assert m.schema_version == 2  # ROUND_FILE_SCHEMA: selections carry the drift verdict
     out = write_json_atomic(tmp_path / "round" / "selection.json", m)
     assert read_model(SelectionManifest, out) == m
     assert batches(7, 3, out) == [
