@@ -359,6 +359,21 @@ class AirflowApi:
                 "overhead_s": round(other, 2),
                 "overhead_pct": round(100.0 * other / train, 1) if train else None}
 
+    def fail_run(self, dag_id: str, run_id: str, *, tries: int = 5) -> dict:
+        """Mark a run failed (what a person does to stop a round). On SQLite the API server
+        answers 500 "Database error" when the write waits out the lock behind busy tasks:
+        tried again, a few times."""
+        for attempt in range(1, tries + 1):
+            try:
+                return self._call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}",
+                                  json={"state": "failed"})
+            except StackError as exc:
+                if "HTTP 500" not in str(exc) or attempt == tries:
+                    raise
+                log.warning("marking %s %s failed: %s; again in 2 s", dag_id, run_id, exc)
+                time.sleep(2)
+        raise AssertionError("unreachable")
+
     def clear_tasks(self, dag_id: str, run_id: str, task_ids: list[str]) -> dict:
         return self._call(
             "POST", f"/dags/{dag_id}/clearTaskInstances",

@@ -340,7 +340,7 @@ def _approval_run(round_run, browser, answer: str, screenshot: str) -> tuple[str
         f"the approval task did not end with the answer {answer!r}: {done}; logs in "
         f"{stack.airflow_home}")
     # what the tests need has run: stop the round rather than wait for people
-    api._call("PATCH", f"/dags/{GATE_DAG}/dagRuns/{run_id}", json={"state": "failed"})
+    api.fail_run(GATE_DAG, run_id)
     return run_id, done
 
 
@@ -417,7 +417,7 @@ def test_a_drifted_pool_is_flagged_shown_in_airflows_ui_and_starts_the_opted_in_
     assert drift_events[0]["extra"]["reason"] == drift["reason"]
     assert [r["dag_id"] for r in drift_events[0]["created_dagruns"]] == [ON_DRIFT_DAG]
     for dag, run in ((ON_DRIFT_DAG, consumer["dag_run_id"]), (DRIFT_DAG, run_id)):
-        api._call("PATCH", f"/dags/{dag}/dagRuns/{run}", json={"state": "failed"})
+        api.fail_run(dag, run)
         api._call("PATCH", f"/dags/{dag}", json={"is_paused": True})
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
