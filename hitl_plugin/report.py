@@ -409,7 +409,8 @@ def write_round_report(
     drift = read_drift(paths, applied)
     drift_plot = None
     if drift and drift.get("plots"):
-        plot_drift(paths.drift_plot, drift)
+        if not paths.drift_plot.is_file():  # the drift step draws it; a round before it did not
+            plot_drift(paths.drift_plot, drift)
         drift_plot = paths.drift_plot
     corrections = read_model(Corrections, paths.corrections)
     merge_report = json.loads(Path(merge["report"]).read_text(encoding="utf-8"))
