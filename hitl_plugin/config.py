@@ -451,10 +451,10 @@ class DriftConfig(_Section):
 
     It compares the pool with the held-out set (the world the model was trained for, which
     it never trained on) on the model's outputs of the score pass: the per-image mean
-    confidence and box count (two-sample KS tests), the class of each image's most
-    confident box (chi-square) and the backbone's image embeddings (an MMD permutation
-    test). Drift is declared when one p-value is below ``alpha`` divided by the number of
-    signals (Bonferroni), so that false alarms stay at or below ``alpha``.
+    confidence and box count (two-sample KS tests), the classes of the shown boxes
+    (chi-square, permuting images) and the backbone's image embeddings (an MMD
+    permutation test). Drift is declared when one p-value is below ``alpha`` divided by
+    the number of signals (Bonferroni), so that false alarms stay at or below ``alpha``.
     """
 
     enabled: bool = Field(

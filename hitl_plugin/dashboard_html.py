@@ -324,7 +324,8 @@ def drift_verdict(testid: str, drift: dict | None) -> str:
 
 
 #: How the drift signals' tests read (``test`` of each signal in ``drift.json``).
-DRIFT_TESTS = {"ks": "Kolmogorov-Smirnov", "chi2": "chi-square", "mmd": "MMD permutation"}
+DRIFT_TESTS = {"ks": "Kolmogorov-Smirnov", "chi2": "chi-square",
+               "chi2_permutation": "chi-square permutation", "mmd": "MMD permutation"}
 
 
 def _sig(value: Any) -> str | None:

@@ -48,9 +48,9 @@ class DetectDriftOperator(HitlOperator):
     """Has the pool drifted from the held-out set's world? Writes ``drift.json``.
 
     See :func:`hitl_plugin.steps.drift`: KS tests on the model's confidence and box count,
-    a chi-square test on its top class per image and an MMD permutation test on backbone
-    embeddings, all from the score pass (no inference here). Returns ``{"drift", "verdict",
-    "detected", "p_values"}``; the select step takes ``drift``.
+    a chi-square permutation test on the classes of its boxes and an MMD permutation test
+    on backbone embeddings, all from the score pass (no inference here). Returns
+    ``{"drift", "verdict", "detected", "p_values"}``; the select step takes ``drift``.
 
     :param config_path: the pipeline YAML file.
     :param scores: the score step's ``scores`` file (the drift inputs lie beside it).

@@ -70,8 +70,9 @@ def _drift_report(n: int, shift: float, *, seed: int = 0, **fields) -> dict:
     inputs = DriftInputs(
         image_id=np.arange(2 * n), split=split, n_boxes=n_boxes,
         confidence=np.where(n_boxes > 0, rng.uniform(0.3, 0.9, 2 * n), np.nan),
-        top_class=np.where(n_boxes > 0, rng.integers(1, 4, 2 * n), -1),
-        embedding=rng.normal(size=(2 * n, 6)) + np.where(pool, shift, 0.0)[:, None])
+        class_counts=rng.multinomial(n_boxes, [1 / 3] * 3),
+        embedding=rng.normal(size=(2 * n, 6)) + np.where(pool, shift, 0.0)[:, None],
+        categories=np.array([1, 2, 3]))
     out = detect(inputs, permutations=99)
     settings = {"enabled": True, "alpha": 0.05, "permutations": 99, "min_images": 30,
                 "budget_factor": 2.0, "budget_cap": 0.25, "ood_share": 0.5, "neighbours": 5,

@@ -22,8 +22,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def make_drift(drift_report):
-    """``make_drift(shift, n=60)``: the round's ``drift.json`` (tests/conftest.py)."""
-    return lambda shift, n=60: drift_report(n, shift, dag_id=DAG, dataset=DATASET)
+    """``make_drift(shift, n=80)``: the round's ``drift.json`` (tests/conftest.py)."""
+    return lambda shift, n=80: drift_report(n, shift, dag_id=DAG, dataset=DATASET)
 
 
 def _round(tmp_path: Path, run_id: str, *, drift: dict | None,
@@ -70,7 +70,7 @@ def test_the_report_gathers_the_drift_verdict_signals_and_budget(tmp_path, make_
     section = rep["drift"]
     assert section["verdict"] == verdict and section["detected"] is detected
     assert section["reason"] == drift["reason"]
-    assert (section["n_pool"], section["n_reference"]) == (60, 60)
+    assert (section["n_pool"], section["n_reference"]) == (80, 80)
     assert section["alpha"] == 0.05 and section["threshold"] == 0.05 / 4
     assert set(section["signals"]) == set(SIGNALS)
     for name in SIGNALS:
@@ -91,7 +91,7 @@ def test_the_report_gathers_the_drift_verdict_signals_and_budget(tmp_path, make_
     for name in SIGNALS:
         assert f"{name} ({drift['signals'][name]['test']}) " \
                f"{drift['signals'][name]['p_value']:.2g}" in text
-    assert "threshold 0.0125 (alpha 0.05 over 4 signals); 60 pool against 60 held-out" in text
+    assert "threshold 0.0125 (alpha 0.05 over 4 signals); 80 pool against 80 held-out" in text
     assert f"drift plot: {paths.drift_plot}" in text
     # written as returned, and read back by the view
     (stored,) = read_reports(Layout.at(tmp_path), DAG)

@@ -118,7 +118,8 @@ def held_out_inputs(checkpoint: str, data: Path, out: Path, *, imgsz: int, threa
     from hitl_plugin.model.drift import DriftInputs
     from hitl_plugin.model.score import score_images
 
-    target = out / f"heldout-{file_digest(Path(checkpoint))}-{imgsz}.npz"
+    target = out / (f"heldout-{file_digest(Path(checkpoint))}-{imgsz}"
+                    f"-v{DriftInputs.VERSION}.npz")
     if not target.is_file():
         val = json.loads((data / "annotations" / "val.json").read_text())
         empty = {"images": [], "annotations": [], "categories": val["categories"]}
@@ -144,7 +145,8 @@ def synth_inputs(checkpoint: str, *, split: str, n: int, seed: int, spec: dict |
     from hitl_plugin.model.score import score_images
 
     key = hashlib.sha256(json.dumps([file_digest(Path(checkpoint)), split, n, seed, spec,
-                                     imgsz], sort_keys=True).encode()).hexdigest()[:16]
+                                     imgsz, DriftInputs.VERSION],
+                                    sort_keys=True).encode()).hexdigest()[:16]
     target, meta = cache / f"{key}.npz", cache / f"{key}.json"
     cache.mkdir(parents=True, exist_ok=True)
     if target.is_file() and meta.is_file():

@@ -68,33 +68,72 @@ def test_ks_on_counts_with_ties_is_conservative():
     assert _rate(flags) <= _bound(0.05, n)
 
 
-# -- chi-square on the top class ----------------------------------------------------------
+# -- class mix: chi-square of the boxes' classes, permutation over images -----------------
+
+
+def _images(rng, n: int, p: list[float], *, lam: float = 2.5) -> np.ndarray:
+    """``n`` images' box counts per class: Poisson boxes, each class drawn from ``p``."""
+    return rng.multinomial(rng.poisson(lam, n), p)
 
 
 def test_class_test_same_mix_false_alarms_stay_at_the_level():
     rng = np.random.default_rng(4)
-    n, cats, p = 300, [-1, 1, 2, 3, 4], [0.05, 0.25, 0.25, 0.25, 0.2]
-    flags = [class_test(rng.choice(cats, 200, p=p), rng.choice(cats, 500, p=p))["p_value"]
-             < 0.05 for _ in range(n)]
+    n, p = 300, [0.3, 0.3, 0.25, 0.15]
+    flags = [class_test(_images(rng, 200, p), _images(rng, 500, p), permutations=199,
+                        seed=i)["p_value"] < 0.05 for i in range(n)]
     assert _rate(flags) <= _bound(0.05, n)
 
 
-def test_class_test_finds_a_new_class_mix_and_reports_shares():
+def test_class_test_keeps_its_level_when_the_boxes_of_an_image_share_a_class():
+    # Every box of an image has the image's class: boxes are not independent draws, and
+    # the textbook chi-square on box counts flags about two thirds of these same-world pairs
+    # (measured here, 0.65 of 100); permuting images keeps the level.
+    from scipy.stats import chi2_contingency
+
+    rng = np.random.default_rng(6)
+
+    def images(n: int) -> np.ndarray:
+        counts = np.zeros((n, 3), dtype=np.int64)
+        counts[np.arange(n), rng.integers(0, 3, n)] = rng.poisson(4, n)
+        return counts
+
+    n, naive, flags = 100, [], []
+    for i in range(n):
+        a, b = images(200), images(500)
+        naive.append(chi2_contingency(np.stack([a.sum(0), b.sum(0)]))[1] < 0.05)
+        flags.append(class_test(a, b, permutations=199, seed=i)["p_value"] < 0.05)
+    assert _rate(flags) <= _bound(0.05, n)
+    assert _rate(naive) > 3 * _bound(0.05, n)
+
+
+def test_class_test_finds_a_new_class_mix_and_reports_box_shares():
     rng = np.random.default_rng(5)
-    ref = rng.choice([1, 2, 3, 4], 200, p=[0.25] * 4)
-    pool = rng.choice([1, 2, 3, 4], 500, p=[0.1, 0.1, 0.1, 0.7])
-    result = class_test(ref, pool)
-    assert result["p_value"] < 1e-6
-    assert result["pool_shares"]["4"] > 0.6 > result["reference_shares"]["4"]
+    ref = _images(rng, 200, [0.25] * 4)
+    # half the pool in a new mix (70 % one class): the benchmark's strength
+    pool = np.concatenate([_images(rng, 250, [0.25] * 4),
+                           _images(rng, 250, [0.1] * 3 + [0.7])])
+    result = class_test(ref, pool, permutations=499, categories=np.array([1, 2, 3, 4]))
+    assert result["p_value"] == pytest.approx(1 / 500)  # no permutation came near
+    assert result["pool_shares"]["4"] > 0.4 > 0.3 > result["reference_shares"]["4"]
+    assert result["boxes_pool"] == pool.sum() and result["dof"] == 3
+    # small samples: 30 images a side still see a strong shift, and keep quiet without one
+    small = class_test(_images(rng, 30, [0.25] * 4), _images(rng, 30, [0.05] * 3 + [0.85]))
+    assert small["p_value"] < 0.01
+    flags = [class_test(_images(rng, 30, [0.25] * 4), _images(rng, 30, [0.25] * 4),
+                        permutations=99, seed=i)["p_value"] < 0.05 for i in range(200)]
+    assert _rate(flags) <= _bound(0.05, 200)
 
 
 def test_class_test_pools_rare_categories_and_handles_one_category():
-    ref = np.array([1] * 50 + [7])  # category 7 seen once: pooled, no tiny expected count
-    pool = np.array([1] * 60 + [8, 8])
+    ref = np.array([[3, 0, 0]] * 50 + [[0, 1, 0]])  # category 2 seen once, 3 twice: pooled
+    pool = np.array([[3, 0, 0]] * 60 + [[0, 0, 2]])
     assert class_test(ref, pool)["p_value"] > 0.05
-    same = class_test(np.ones(10, dtype=int), np.ones(20, dtype=int))
-    assert same["p_value"] == 1.0
-    assert class_test(np.array([], dtype=int), np.ones(3, dtype=int))["p_value"] is None
+    same = class_test(np.ones((10, 1), dtype=int), np.ones((20, 1), dtype=int))
+    assert same["p_value"] == 1.0 and same["statistic"] == 0.0
+    assert class_test(np.zeros((0, 2), dtype=int), np.ones((3, 2), dtype=int))["p_value"] \
+        is None
+    no_boxes = class_test(np.zeros((40, 2), dtype=int), np.ones((40, 2), dtype=int))
+    assert no_boxes["p_value"] is None and no_boxes["boxes_reference"] == 0
 
 
 # -- MMD --------------------------------------------------------------------------------
@@ -183,8 +222,9 @@ def _inputs(rng, n_ref: int, n_pool: int, *, shift: float = 0.0) -> DriftInputs:
     emb[n_ref:, :8] += shift
     conf = rng.uniform(0.3, 0.9, n)
     conf[n_ref:] -= shift / 10
-    return DriftInputs(np.arange(n), split, rng.poisson(3, n), conf,
-                       rng.choice([1, 2, 3], n), emb)
+    n_boxes = rng.poisson(3, n)
+    return DriftInputs(np.arange(n), split, n_boxes, conf,
+                       rng.multinomial(n_boxes, [1 / 3] * 3), emb, np.array([1, 2, 3]))
 
 
 def test_detect_same_world_no_drift_and_a_shifted_world_drift(tmp_path):
@@ -205,6 +245,7 @@ def test_detect_same_world_no_drift_and_a_shifted_world_drift(tmp_path):
     back = DriftInputs.load(inputs.save(tmp_path / "d.npz"))
     assert all(np.array_equal(getattr(back, f), getattr(inputs, f))
                for f in DriftInputs.FIELDS if f != "confidence")
+    assert back.categories.tolist() == [1, 2, 3]
     assert list(back.split) == list(inputs.split)
 
 
@@ -222,5 +263,23 @@ def test_from_rows_summarizes_the_shown_boxes():
     inputs = DriftInputs.from_rows(rows, conf=0.25)
     assert inputs.n_boxes.tolist() == [2, 0]
     assert inputs.confidence[0] == pytest.approx(0.7) and math.isnan(inputs.confidence[1])
-    assert inputs.top_class.tolist() == [2, -1]
+    assert inputs.categories.tolist() == [1, 2] and inputs.class_counts.tolist() == [[1, 1],
+                                                                                  [0, 0]]
     assert inputs.embedding.shape == (2, 2) and inputs.of("pool").image_id.tolist() == [1]
+
+
+def test_concat_aligns_the_categories_and_an_old_file_is_refused(tmp_path):
+    box = [0.0, 1.0]
+    pool = DriftInputs.from_rows([(1, "pool", [{"score": 0.9, "category_id": 3}], box)], 0.25)
+    held = DriftInputs.from_rows([(2, "heldout", [{"score": 0.9, "category_id": 1},
+                                                  {"score": 0.8, "category_id": 1}], box)],
+                                 0.25)
+    both = DriftInputs.concat(held, pool)
+    assert both.categories.tolist() == [1, 3]
+    assert both.class_counts.tolist() == [[2, 0], [0, 1]]
+    assert both.of("pool").class_counts.tolist() == [[0, 1]]
+    old = tmp_path / "old.npz"
+    np.savez(old, image_id=[1], split=["pool"], n_boxes=[1], confidence=[0.9],
+             top_class=[3], embedding=np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="older airflow-hitl.*score the round again"):
+        DriftInputs.load(old)
