@@ -464,7 +464,8 @@ class DriftConfig(_Section):
         default=0.05, gt=0.0, lt=1.0,
         description="False-alarm rate of the verdict (split over the signals, Bonferroni).")
     permutations: int = Field(
-        default=500, ge=50, le=20000, description="Permutations of the MMD test.")
+        default=500, ge=50, le=20000,
+        description="Permutations of the MMD and class-mix tests.")
     min_images: int = Field(
         default=30, ge=5,
         description="Fewer pool or held-out images than this: no test (verdict too_few_images).")
