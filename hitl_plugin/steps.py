@@ -454,9 +454,16 @@ def drift(rnd: Round, *, scores: str, version: str,
                            "config?)")
     else:
         inputs = DriftInputs.load(inputs_file)
-        report = {**base, **detect(inputs, alpha=cfg.alpha, permutations=cfg.permutations,
+        before = drift_tested_before(rnd)
+        fresh = inputs.without_pool(before)
+        left_over = len(inputs.of("pool")) - len(fresh.of("pool"))
+        report = {**base, **detect(fresh, alpha=cfg.alpha, permutations=cfg.permutations,
                                    min_images=cfg.min_images, neighbours=cfg.neighbours,
-                                   seed=cfg.seed)}
+                                   seed=cfg.seed), "n_pool_tested_before": left_over}
+        if left_over:
+            report["reason"] += (f"; {left_over} more pool image(s) left out: an earlier "
+                                 "round tested them (each pool image is tested once, when "
+                                 "it arrives)")
         report["action"] = {  # what the select step does with it (the manifest records it)
             "budget_factor": cfg.budget_factor if report["detected"] else 1.0,
             "budget_cap": cfg.budget_cap, "ood_share": cfg.ood_share if report["detected"]
@@ -535,6 +542,25 @@ def select(rnd: Round, *, scores: str, version: str, model_version: str,
                  len(manifest.auto_accepted), sum(len(a.boxes) for a in manifest.auto_accepted))
     return {"selection": str(path), "n_selected": len(manifest.items), "by_reason": by_reason,
             "batches": batches(len(manifest.items), rnd.config.labeling.batch_size, path)}
+
+
+def drift_tested_before(rnd: Round) -> set[int]:
+    """The pool images of the round's dataset that another round's drift step tested (the
+    ids of its OOD scores), in any pipeline's rounds under the storage root."""
+    name, own = rnd.config.dataset.name, rnd.paths.drift
+    tested: set[int] = set()
+    for dag_id in rnd.layout.pipelines():
+        for paths in rnd.layout.rounds(dag_id):
+            if paths.drift == own or not paths.drift.is_file():
+                continue
+            try:
+                report = json.loads(paths.drift.read_text(encoding="utf-8"))
+                if report.get("dataset") == name:
+                    tested.update(int(k) for k in report.get("ood") or {})
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("Could not read %s (its pool images count as untested): %s",
+                            paths.drift, exc)
+    return tested
 
 
 def drift_plan(rnd: Round, report_path: str):

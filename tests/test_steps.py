@@ -83,3 +83,56 @@ def test_wait_plan_checks_its_choices_and_keeps_the_deadline(tmp_path):
             steps.plan_wait(rnd, task_id="wait", submissions=subs, **bad)
     with pytest.raises(ArgumentError, match="batch must be"):
         steps.checked_batch({"start": 0})
+
+
+def test_the_drift_step_tests_each_pool_image_once(tmp_path, caplog):
+    """A pool image is tested by the first round that scores it: what later rounds leave
+    in the pool (the images selection did not take) is no sample of the world."""
+    import numpy as np
+
+    from hitl_plugin.model.drift import DriftInputs
+
+    rng = np.random.default_rng(0)
+
+    def inputs(pool_ids: list[int]) -> DriftInputs:
+        ids = list(range(10_000, 10_060)) + pool_ids
+        n = len(ids)
+        n_boxes = rng.poisson(3, n)
+        return DriftInputs(np.array(ids), np.array(["heldout"] * 60 + ["pool"] * len(pool_ids)),
+                           n_boxes, rng.uniform(0.3, 0.9, n),
+                           rng.multinomial(n_boxes, [0.5, 0.5]), rng.normal(size=(n, 4)),
+                           np.array([1, 2]))
+
+    config = parse_config({"dag_id": "p", "dataset": {"name": "birds"},
+                           "drift": {"permutations": 99, "min_images": 30}})
+
+    def drift_round(run_id: str, pool_ids: list[int]) -> dict:
+        rnd = steps.Round(config, tmp_path, "p", run_id)
+        scores = rnd.paths.scores
+        scores.parent.mkdir(parents=True, exist_ok=True)
+        inputs(pool_ids).save(rnd.paths.drift_inputs)
+        steps.drift(rnd, scores=str(scores), version="v0001")
+        return json.loads(rnd.paths.drift.read_text())
+
+    first = drift_round("r1", list(range(100)))
+    assert first["n_pool"] == 100 and first["n_pool_tested_before"] == 0
+    assert first["verdict"] in ("drift", "no_drift") and len(first["ood"]) == 100
+    # the same round again (a retry) still tests its own pool
+    assert drift_round("r1", list(range(100)))["n_pool"] == 100
+    # the next round's pool: 60 images the first left, none new: nothing to test
+    second = drift_round("r2", list(range(40, 100)))
+    assert second["verdict"] == "too_few_images" and second["n_pool"] == 0
+    assert second["n_pool_tested_before"] == 60
+    assert "60 more pool image(s) left out: an earlier round tested them" in second["reason"]
+    # 50 new images arrive: they are tested, the 60 left over are not
+    third = drift_round("r3", list(range(40, 150)))
+    assert third["n_pool"] == 50 and third["n_pool_tested_before"] == 60
+    assert sorted(map(int, third["ood"])) == list(range(100, 150))
+    # another pipeline on the same dataset counts them as tested too; an unreadable report
+    # of a round is said and skipped
+    broken = tmp_path / "rounds" / "q" / "bad" / "drift.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+    other = steps.Round(config.model_copy(update={"dag_id": "q"}), tmp_path, "q", "x")
+    assert steps.drift_tested_before(other) == set(range(150))
+    assert "Could not read" in caplog.text and "bad" in caplog.text

@@ -34,6 +34,14 @@ with ``drift_out``, through the one Ultralytics adapter): no second inference pa
   held-out sets), 3 % once whitened, with the same power on new backgrounds, colours and
   scales. Each side is subsampled to at most :data:`MMD_MAX_SAMPLES` images.
 
+**Each pool image is tested once**, by the first round that scores it (the step leaves out
+the pool images an earlier round's drift step tested, :func:`hitl_plugin.steps.drift`).
+Selection takes the images the model finds hardest, so what a round leaves in the pool is
+no sample of the world: on a pool that gets no new images, its mean confidence rises and
+its box count falls round after round, and a test of the whole pool calls that drift
+(measured in the demo's pipeline: confidence p 0.18, 0.053, then 5e-5 over three rounds on
+one pool). A pool with fewer than ``min_images`` new images is not tested.
+
 **Verdict.** ``drift`` when one signal's p-value is below ``alpha / number of signals``
 (Bonferroni): the chance of a false alarm on a pool from the held-out set's own world is
 at most ``alpha``. ``too_few_images`` when either side has fewer than ``min_images``.
@@ -101,9 +109,17 @@ class DriftInputs:
     #: the file's layout; a benchmark's cache key carries it (1: one top class per image)
     VERSION = 2
 
-    def of(self, split: str) -> DriftInputs:
-        keep = self.split == split
+    def rows(self, keep: np.ndarray) -> DriftInputs:
+        """The rows where ``keep`` (a boolean mask) is true."""
         return DriftInputs(*(getattr(self, f)[keep] for f in self.FIELDS), self.categories)
+
+    def of(self, split: str) -> DriftInputs:
+        return self.rows(self.split == split)
+
+    def without_pool(self, image_ids: set[int]) -> DriftInputs:
+        """These rows but the pool images in ``image_ids``."""
+        ids = np.fromiter(image_ids, dtype=np.int64, count=len(image_ids))
+        return self.rows(~((self.split == "pool") & np.isin(self.image_id, ids)))
 
     def counts_of(self, categories: np.ndarray) -> np.ndarray:
         """``class_counts`` with one column per entry of ``categories`` (a superset)."""
