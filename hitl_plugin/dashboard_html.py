@@ -358,7 +358,11 @@ def drift_block(dag: str, row: dict, *, base: str) -> str:
                     text=_sig(drift.get("threshold"))) + "</tr></table>") if rows else ""
     sizes = (f'<p>{cell(f"drift-n-pool-{run}", drift.get("n_pool"), tag="span", cls="")} pool '
              f'images against {cell(f"drift-n-reference-{run}", drift.get("n_reference"), tag="span", cls="")}'  # noqa: E501
-             " held-out images</p>") if drift.get("n_pool") is not None else ""
+             " held-out images"
+             + (f' ({cell(f"drift-n-tested-before-{run}", drift["n_pool_tested_before"], tag="span", cls="")}'  # noqa: E501
+                " more pool images were left by earlier rounds, which tested them)"
+                if drift.get("n_pool_tested_before") else "")
+             + "</p>") if drift.get("n_pool") is not None else ""
     budget = ""
     if drift.get("budget") is not None:
         budget = (f'<p>Budget: {cell(f"drift-base-budget-{run}", drift.get("base_budget"), tag="span", cls="")}'  # noqa: E501

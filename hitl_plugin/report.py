@@ -269,6 +269,7 @@ def drift_section(drift: dict | None, applied: dict | None, *, report: Path | No
         "alpha": drift.get("alpha", (drift.get("settings") or {}).get("alpha")),
         "threshold": _threshold(drift),
         "n_pool": drift.get("n_pool"),
+        "n_pool_tested_before": drift.get("n_pool_tested_before", 0),
         "n_reference": drift.get("n_reference"),
         "signals": {name: {k: sig.get(k) for k in ("test", "statistic", "p_value")}
                     for name, sig in (drift.get("signals") or {}).items()
@@ -327,7 +328,9 @@ def _drift_lines(drift: dict | None) -> list[str]:
                                                   for k, s in tested.items())
                      + f"; threshold {drift['threshold']:.3g} (alpha {drift['alpha']} over "
                      f"{len(tested)} signals); {drift['n_pool']} pool against "
-                     f"{drift['n_reference']} held-out images")
+                     f"{drift['n_reference']} held-out images"
+                     + (f" ({drift['n_pool_tested_before']} left over from earlier rounds, "
+                        "tested then)" if drift.get("n_pool_tested_before") else ""))
     if drift.get("plot"):
         lines.append(f"    drift plot: {drift['plot']}")
     return lines

@@ -91,11 +91,18 @@ def test_the_report_gathers_the_drift_verdict_signals_and_budget(tmp_path, make_
     for name in SIGNALS:
         assert f"{name} ({drift['signals'][name]['test']}) " \
                f"{drift['signals'][name]['p_value']:.2g}" in text
-    assert "threshold 0.0125 (alpha 0.05 over 4 signals); 80 pool against 80 held-out" in text
+    assert "threshold 0.0125 (alpha 0.05 over 4 signals); 80 pool against 80 held-out " \
+           "images\n" in text + "\n"  # no pool image was tested by an earlier round
+    assert section["n_pool_tested_before"] == 0
     assert f"drift plot: {paths.drift_plot}" in text
     # written as returned, and read back by the view
     (stored,) = read_reports(Layout.at(tmp_path), DAG)
     assert stored["drift"] == section and stored["selection"]["by_reason"]["drift"] == 2
+    # a later round that left out what an earlier one tested says so
+    later = _round(tmp_path, "r2", drift={**drift, "n_pool_tested_before": 7}, applied=applied)
+    assert later["drift"]["n_pool_tested_before"] == 7
+    assert "80 pool against 80 held-out images (7 left over from earlier rounds, tested " \
+           "then)" in later["text"]
 
 
 def test_too_few_images_has_a_verdict_and_no_plot(tmp_path, make_drift):

@@ -114,7 +114,8 @@ def make_root(tmp_path: Path, drift_report) -> Path:
     (two / "report.png").write_bytes(b"\x89PNG two")
     waiting = _round(tmp_path, DAG, WAITING)
     (waiting / "drift.json").write_text(json.dumps(drift_report(10, 0.0, dag_id=DAG,
-                                                                run_id=WAITING)))
+                                                                run_id=WAITING,
+                                                                n_pool_tested_before=25)))
     (waiting / "submissions").mkdir()
     for start, stop, new, old in ((0, 5, 5, 0), (5, 8, 2, 1)):
         (waiting / "submissions" / f"{start}-{stop}.json").write_text(json.dumps(

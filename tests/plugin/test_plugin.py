@@ -251,6 +251,8 @@ def test_the_run_view_shows_the_drift_signals_and_plot(client, root, pg):
     waiting = pg.shown(client.get(f"/runs/hitl_shapes/{pg.WAITING}").text)
     assert waiting[f"drift-verdict-{pg.WAITING}"] == ("too_few_images",
                                                       "not tested: too few images")
+    assert waiting[f"drift-n-tested-before-{pg.WAITING}"][0] == 25  # left by earlier rounds
+    assert f"drift-n-tested-before-{run}" not in shown
     data = client.get(f"/api/runs/hitl_shapes/{run}").json()["round"]["drift"]
     assert data["signals"]["embedding"]["p_value"] == drift["signals"]["embedding"]["p_value"]
 
