@@ -29,7 +29,8 @@ arms:
 
 - ``drift_on``: the drift step before selection, with the ``drift`` config's defaults (on
   drift: budget x 2, capped at 25 % of the images; half of it reserved for the pool images
-  farthest from the held-out set in embedding space);
+  farthest from the held-out set in embedding space). It tests each pool image once, so
+  it acts in the first round; later rounds' pools hold only images it has tested;
 - ``drift_off``: plain selection (the shipped default, hybrid);
 - ``random``: the budget drawn at random.
 
