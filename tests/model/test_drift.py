@@ -125,7 +125,7 @@ def test_class_test_finds_a_new_class_mix_and_reports_box_shares():
 
 
 def test_class_test_pools_rare_categories_and_handles_one_category():
-    ref = np.array([[3, 0, 0]] * 50 + [[0, 1, 0]])  # category 2 seen once, 3 twice: pooled
+    ref = np.array([[3, 0, 0]] * 50 + [[0, 1, 0]])  # 2nd class seen once, 3rd twice: pooled
     pool = np.array([[3, 0, 0]] * 60 + [[0, 0, 2]])
     assert class_test(ref, pool)["p_value"] > 0.05
     same = class_test(np.ones((10, 1), dtype=int), np.ones((20, 1), dtype=int))
