@@ -420,7 +420,9 @@ def plot(result: dict, path: Path) -> None:
     ax.tick_params(axis="x", labelsize=8)
     ax.set_title(f"power per kind (share {det['power'][KINDS[0]]['share']} of a pool in the "
                  "new look)\nand false alarms (no drift)", fontsize=9)
-    fig.suptitle(f"hitl bench drift: {len(result['seeds'])} seeds, pools of {POOL_SIZE} "
+    seeds = result["seeds"]
+    fig.suptitle(f"hitl bench drift: seed{'s' if len(seeds) > 1 else ''} "
+                 f"{', '.join(map(str, seeds))}, pools of {POOL_SIZE} "
                  "(SIMULATED reviewers)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
